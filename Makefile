@@ -1,0 +1,33 @@
+# Two commands: `make book` (HTML book in _build/html) and `make test` (pytest + nbval).
+# Both set up a project-local venv (.venv) from requirements*.txt pinned by constraints.txt.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# One thread per process: deterministic float reductions, and no oversubscription with -n 2.
+export OMP_NUM_THREADS ?= 1
+export MPLBACKEND ?= Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: book test venv notebooks clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e .
+	touch $@
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
+	@echo "book: open _build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env tests book
+
+# Re-execute every chapter and store its outputs (after editing a notebook or the package).
+notebooks: $(STAMP)
+	$(BIN)/python tools/execute_notebooks.py book/*.ipynb
+
+clean:
+	rm -rf _build $(VENV)

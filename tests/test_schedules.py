@@ -1,0 +1,124 @@
+"""NoiseSchedule and extract: closed forms against independent computations, and bad input."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_lab.schedules import NoiseSchedule, cosine_betas, extract, linear_betas
+
+
+def test_linear_schedule_matches_paper_section_4():
+    s = NoiseSchedule.linear()
+    assert s.T == 1000
+    assert s.betas[0].item() == pytest.approx(1e-4, rel=1e-12)
+    assert s.betas[-1].item() == pytest.approx(0.02, rel=1e-12)
+    steps = torch.diff(s.betas)
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-9, atol=0)
+
+
+def test_alpha_bars_are_products_eq4():
+    s = NoiseSchedule.linear(T=50)
+    prod = 1.0
+    for t in range(s.T):  # plain-Python product, an independent route to alpha_bar_t
+        prod *= 1.0 - float(s.betas[t])
+        assert s.alpha_bars[t].item() == pytest.approx(prod, rel=1e-13)
+    assert s.alpha_bars_prev[0].item() == 1.0
+    assert torch.equal(s.alpha_bars_prev[1:], s.alpha_bars[:-1])
+
+
+def test_cosine_alpha_bar_follows_nichol_dhariwal_eq17():
+    T, s_ = 1000, 0.008
+    sched = NoiseSchedule.cosine(T, s_)
+    f = lambda t: math.cos((t / T + s_) / (1 + s_) * math.pi / 2) ** 2  # noqa: E731
+    for t in [0, 1, 10, 500, 900]:  # before the 0.999 clipping matters
+        assert sched.alpha_bars[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-10)
+    assert sched.betas.max().item() <= 0.999
+
+
+def test_posterior_coefficients_eq7_and_snr():
+    s = NoiseSchedule.linear(T=200)
+    t = 37
+    ab, abp, b = (float(v[t]) for v in (s.alpha_bars, s.alpha_bars_prev, s.betas))
+    assert s.beta_tildes[t].item() == pytest.approx((1 - abp) / (1 - ab) * b, rel=1e-12)
+    assert s.posterior_mean_coef1[t].item() == pytest.approx(math.sqrt(abp) * b / (1 - ab), rel=1e-12)
+    assert s.posterior_mean_coef2[t].item() == pytest.approx(math.sqrt(1 - b) * (1 - abp) / (1 - ab), rel=1e-12)
+    assert s.snr[t].item() == pytest.approx(ab / (1 - ab), rel=1e-12)
+    assert (torch.diff(s.snr) < 0).all(), "SNR must fall monotonically"
+
+
+def test_posterior_variance_at_t0_is_zero_and_log_is_clipped():
+    s = NoiseSchedule.linear()
+    assert s.beta_tildes[0].item() == 0.0
+    assert torch.isfinite(s.posterior_log_variance_clipped).all()
+    assert s.posterior_log_variance_clipped[0] == s.posterior_log_variance_clipped[1]
+    assert s.posterior_log_variance_clipped[5].item() == pytest.approx(math.log(s.beta_tildes[5].item()))
+
+
+def test_schedule_is_float64():
+    s = NoiseSchedule.cosine(T=10)
+    for name in ["betas", "alphas", "alpha_bars", "alpha_bars_prev", "beta_tildes", "snr",
+                 "posterior_mean_coef1", "posterior_mean_coef2", "posterior_log_variance_clipped"]:
+        v = getattr(s, name)
+        assert v.dtype == torch.float64 and v.shape == (10,), name
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_betas_outside_unit_interval_raise_naming_the_value(bad):
+    betas = torch.full((5,), 0.01, dtype=torch.float64)
+    betas[3] = bad
+    with pytest.raises(ValueError, match=r"betas\[3\] = "):
+        NoiseSchedule(betas)
+
+
+def test_bad_schedule_arguments_raise():
+    with pytest.raises(ValueError, match="T must be >= 1, got 0"):
+        linear_betas(T=0)
+    with pytest.raises(ValueError, match="beta_1=0.5, beta_T=0.1"):
+        linear_betas(10, 0.5, 0.1)
+    with pytest.raises(ValueError, match="max_beta"):
+        cosine_betas(10, max_beta=1.0)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        NoiseSchedule(torch.full((2, 2), 0.1))
+    with pytest.raises(ValueError, match="unknown schedule 'sigmoid'"):
+        NoiseSchedule.from_name("sigmoid")
+
+
+def test_extract_broadcasts_per_example_timesteps():
+    s = NoiseSchedule.linear(T=10)
+    t = torch.tensor([0, 3, 9])
+    c = extract(s.alpha_bars, t, (3, 2, 4, 4))
+    assert c.shape == (3, 1, 1, 1)
+    assert torch.equal(c.flatten(), s.alpha_bars[t])
+    x = torch.ones(3, 2, 4, 4, dtype=torch.float64)
+    assert (c * x).shape == x.shape
+
+
+def test_extract_scalar_timestep_broadcasts_over_the_batch():
+    s = NoiseSchedule.linear(T=10)
+    c = extract(s.betas, 4, (7, 5))
+    assert c.shape == (1, 1) and c.item() == s.betas[4].item()
+    c2 = extract(s.betas, torch.tensor(4), (7,))
+    assert c2.shape == (1,)
+
+
+@pytest.mark.parametrize("t", [-1, 10, torch.tensor([0, 10]), torch.tensor([-3, 2])])
+def test_extract_rejects_t_outside_range(t):
+    s = NoiseSchedule.linear(T=10)
+    shape = (2,) if isinstance(t, torch.Tensor) else (4,)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 9\], got -?\d+"):
+        extract(s.betas, t, shape)
+
+
+def test_extract_rejects_mismatched_batch_and_bad_types():
+    s = NoiseSchedule.linear(T=10)
+    with pytest.raises(ValueError, match="t has 3 timesteps but the batch has 4"):
+        extract(s.betas, torch.tensor([1, 2, 3]), (4, 2))
+    with pytest.raises(ValueError, match="integer timestep"):
+        extract(s.betas, 2.5, (4,))
+    with pytest.raises(ValueError, match="integer timestep"):
+        extract(s.betas, torch.tensor([1.0, 2.0]), (2,))
+    with pytest.raises(ValueError, match="scalar or a 1-D"):
+        extract(s.betas, torch.zeros(2, 2, dtype=torch.long), (2,))
+    with pytest.raises(ValueError, match="at least one dimension"):
+        extract(s.betas, 1, ())
