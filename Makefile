@@ -8,6 +8,10 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED := 0
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+# pip's site config here lists extra local indexes; hide its "Location ... is ignored" noise.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: book test venv notebooks clean
 
@@ -15,10 +19,11 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e .
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e . 2>&1 | { $(QUIET_PIP); }
 	touch $@
 
 book: $(STAMP)
+	$(BIN)/python tools/fetch_mathjax.py
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
 	@echo "book: open _build/html/index.html"
 
