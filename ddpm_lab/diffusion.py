@@ -68,8 +68,7 @@ def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t: Timestep) -> t
 
     The variance is returned broadcastable to ``x0``'s shape (shape ``(B, 1, ..., 1)`` or all ones).
     """
-    alpha_bar = _at(schedule.alpha_bars, t, x0)
-    return torch.sqrt(alpha_bar) * x0, 1.0 - alpha_bar
+    return torch.sqrt(_at(schedule.alpha_bars, t, x0)) * x0, _at(schedule.one_minus_alpha_bars, t, x0)
 
 
 def q_sample(
@@ -83,7 +82,8 @@ def q_sample(
     Eq. 4 (reparameterized as in Algorithm 1)."""
     eps = _noise_like(x0, eps, generator)
     alpha_bar = _at(schedule.alpha_bars, t, x0)
-    return torch.sqrt(alpha_bar) * x0 + torch.sqrt(1.0 - alpha_bar) * eps
+    one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, x0)
+    return torch.sqrt(alpha_bar) * x0 + torch.sqrt(one_minus_alpha_bar) * eps
 
 
 def q_posterior(
@@ -110,30 +110,32 @@ def mu_tilde_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tens
     _same_shape(xt, eps, "xt and eps")
     beta = _at(schedule.betas, t, xt)
     alpha = _at(schedule.alphas, t, xt)
-    alpha_bar = _at(schedule.alpha_bars, t, xt)
-    return (xt - beta / torch.sqrt(1.0 - alpha_bar) * eps) / torch.sqrt(alpha)
+    one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
+    return (xt - beta / torch.sqrt(one_minus_alpha_bar) * eps) / torch.sqrt(alpha)
 
 
 def predict_x0_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 4 for x_0: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (the x_0 used in Eq. 10)."""
     _same_shape(xt, eps, "xt and eps")
     alpha_bar = _at(schedule.alpha_bars, t, xt)
-    return (xt - torch.sqrt(1.0 - alpha_bar) * eps) / torch.sqrt(alpha_bar)
+    one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
+    return (xt - torch.sqrt(one_minus_alpha_bar) * eps) / torch.sqrt(alpha_bar)
 
 
 def predict_eps_from_x0(schedule: NoiseSchedule, xt: torch.Tensor, x0: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 4 for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
     _same_shape(xt, x0, "xt and x0")
     alpha_bar = _at(schedule.alpha_bars, t, xt)
-    return (xt - torch.sqrt(alpha_bar) * x0) / torch.sqrt(1.0 - alpha_bar)
+    one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
+    return (xt - torch.sqrt(alpha_bar) * x0) / torch.sqrt(one_minus_alpha_bar)
 
 
 def score_from_eps(schedule: NoiseSchedule, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Score of q(x_t | x_0) (and, for the optimal predictor, of q(x_t)) from the noise:
     grad_{x_t} log q = -eps / sqrt(1 - alpha_bar_t) (Ho et al. 2020, Sec. 3.2, the link to score matching)."""
-    return -eps / torch.sqrt(1.0 - _at(schedule.alpha_bars, t, eps))
+    return -eps / torch.sqrt(_at(schedule.one_minus_alpha_bars, t, eps))
 
 
 def eps_from_score(schedule: NoiseSchedule, score: torch.Tensor, t: Timestep) -> torch.Tensor:
     """The inverse of :func:`score_from_eps`: eps = -sqrt(1 - alpha_bar_t) * score."""
-    return -torch.sqrt(1.0 - _at(schedule.alpha_bars, t, score)) * score
+    return -torch.sqrt(_at(schedule.one_minus_alpha_bars, t, score)) * score

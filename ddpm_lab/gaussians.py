@@ -18,9 +18,10 @@ Tensorish = torch.Tensor | float
 
 
 def _as_tensors(*xs: Tensorish) -> list[torch.Tensor]:
-    ref = next((x for x in xs if isinstance(x, torch.Tensor)), None)
-    dtype = ref.dtype if ref is not None and ref.dtype.is_floating_point else torch.float64
-    device = ref.device if ref is not None else None
+    """Tensors in the widest floating dtype among the inputs (float64 if none is a float tensor)."""
+    floats = [x.dtype for x in xs if isinstance(x, torch.Tensor) and x.dtype.is_floating_point]
+    dtype = max(floats, key=lambda d: torch.finfo(d).bits) if floats else torch.float64
+    device = next((x.device for x in xs if isinstance(x, torch.Tensor)), None)
     return [torch.as_tensor(x, dtype=dtype, device=device) for x in xs]
 
 

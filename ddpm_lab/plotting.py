@@ -37,13 +37,16 @@ def density_strip(
     densities: torch.Tensor | np.ndarray,
     ts: Sequence[int],
     cmap: str = "magma",
+    vmax: float | None = None,
 ) -> None:
-    """Draw densities p_t(x) (rows, one per t in ``ts``) over ``grid`` as a heat map: t across, x up."""
+    """Draw densities p_t(x) (rows, one per t in ``ts``) over ``grid`` as a heat map: t across, x up.
+
+    ``vmax`` caps the colour scale, so that a sharp density at small t does not wash out the rest."""
     d = _np(densities)
     if d.shape != (len(ts), len(grid)):
         raise ValueError(f"densities must have shape (len(ts), len(grid)) = {(len(ts), len(grid))}, got {d.shape}")
     g = _np(grid)
-    ax.imshow(d.T, origin="lower", aspect="auto", cmap=cmap,
+    ax.imshow(d.T, origin="lower", aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax,
               extent=(-0.5, len(ts) - 0.5, float(g[0]), float(g[-1])))
     step = max(1, len(ts) // 8)
     ax.set_xticks(range(0, len(ts), step), [str(t) for t in list(ts)[::step]])
@@ -71,7 +74,8 @@ def image_row(images: Sequence[torch.Tensor | np.ndarray], titles: Sequence[str]
 def slider(draw: Callable[..., None], **controls: object) -> object:
     """``ipywidgets.interact`` over ``draw`` with the given controls (sliders, dropdowns).
 
-    Live only in a running kernel: the rendered book cannot run Python, so every slider in a chapter
+    Every parameter of ``draw`` becomes a control, so ``draw`` should take only the controlled
+    values (bind anything else with a lambda or functools.partial). Live only in a running kernel: the rendered book cannot run Python, so every slider in a chapter
     sits next to a static figure that shows the same thing at a few settings.
     """
     import ipywidgets

@@ -49,6 +49,8 @@ class NoiseSchedule:
       alphas           alpha_t = 1 - beta_t
       alpha_bars       alpha_bar_t = prod_{s <= t} alpha_s, Eq. 4
       alpha_bars_prev  alpha_bar_{t-1}, with alpha_bar_0 = 1
+      one_minus_alpha_bars, one_minus_alpha_bars_prev  1 - alpha_bar_t and 1 - alpha_bar_{t-1}, to full
+                       relative precision (use these, not 1 - alpha_bars)
       beta_tildes      posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t, Eq. 7
       posterior_log_variance_clipped  log beta_tilde_t, with index 0 (where beta_tilde = 0) set to
                        index 1's value so the log is finite (as in improved-diffusion)
@@ -61,6 +63,8 @@ class NoiseSchedule:
     alphas: torch.Tensor = field(init=False)
     alpha_bars: torch.Tensor = field(init=False)
     alpha_bars_prev: torch.Tensor = field(init=False)
+    one_minus_alpha_bars: torch.Tensor = field(init=False)
+    one_minus_alpha_bars_prev: torch.Tensor = field(init=False)
     beta_tildes: torch.Tensor = field(init=False)
     posterior_log_variance_clipped: torch.Tensor = field(init=False)
     posterior_mean_coef1: torch.Tensor = field(init=False)
@@ -76,9 +80,16 @@ class NoiseSchedule:
             i = int(bad.nonzero()[0])
             raise ValueError(f"betas must lie in (0, 1), got betas[{i}] = {betas[i].item()}")
         alphas = 1.0 - betas
-        alpha_bars = torch.cumprod(alphas, dim=0)
-        alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
-        beta_tildes = (1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * betas
+        # alpha_bar_t = prod_s (1 - beta_s) = exp(sum_s log1p(-beta_s)). 1 - alpha_bar_t is taken as
+        # -expm1(...) rather than subtracted from 1: at t = 1 it is ~1e-4, and 1 - cumprod would lose
+        # four of float64's sixteen digits there (every coefficient below divides by it).
+        log_alpha_bars = torch.cumsum(torch.log1p(-betas), dim=0)
+        alpha_bars = torch.exp(log_alpha_bars)
+        one_minus_alpha_bars = -torch.expm1(log_alpha_bars)
+        zero = torch.zeros(1, dtype=torch.float64)
+        alpha_bars_prev = torch.cat([zero + 1.0, alpha_bars[:-1]])
+        one_minus_alpha_bars_prev = torch.cat([zero, one_minus_alpha_bars[:-1]])
+        beta_tildes = one_minus_alpha_bars_prev / one_minus_alpha_bars * betas
         # beta_tilde at index 0 is exactly 0 (x_0 is known given x_0): clip the log to index 1's value.
         log_var = torch.log(torch.cat([beta_tildes[1:2], beta_tildes[1:]]) if len(betas) > 1 else betas)
         values = dict(
@@ -86,11 +97,13 @@ class NoiseSchedule:
             alphas=alphas,
             alpha_bars=alpha_bars,
             alpha_bars_prev=alpha_bars_prev,
+            one_minus_alpha_bars=one_minus_alpha_bars,
+            one_minus_alpha_bars_prev=one_minus_alpha_bars_prev,
             beta_tildes=beta_tildes,
             posterior_log_variance_clipped=log_var,
-            posterior_mean_coef1=alpha_bars_prev.sqrt() * betas / (1.0 - alpha_bars),
-            posterior_mean_coef2=alphas.sqrt() * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
-            snr=alpha_bars / (1.0 - alpha_bars),
+            posterior_mean_coef1=alpha_bars_prev.sqrt() * betas / one_minus_alpha_bars,
+            posterior_mean_coef2=alphas.sqrt() * one_minus_alpha_bars_prev / one_minus_alpha_bars,
+            snr=alpha_bars / one_minus_alpha_bars,
         )
         for name, value in values.items():
             object.__setattr__(self, name, value)

@@ -52,6 +52,11 @@ def test_exact_check_scales_with_magnitude_and_dtype():
 def test_bound_check():
     assert bound_check([1.0, 2.0], [1.05, 2.0], 0.1, "given").passed
     assert not bound_check([1.0, 2.0], [1.05, 2.5], 0.1, "given").passed
+    r = bound_check(1.0, 1.0 + 1e-15, 1e-3, "given", rounding_floor=1e-14)
+    assert r.passed and "equal to rounding" in str(r)
+    r = bound_check(1.0, 1.0 + 1e-6, 1e-3, "given", rounding_floor=1e-14)
+    assert r.passed and "|gap| 1.0e-06" in str(r)
+    assert not bound_check(1.0, 1.0 + 1e-12, 0.0, "given", rounding_floor=1e-14).passed
 
 
 def test_trapezoid_error_estimate_covers_the_true_error():
@@ -86,3 +91,12 @@ def test_bad_input_raises():
         trapezoid([0.0, 1.0, 3.0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="shape"):
         ols(np.ones((3, 2)), np.ones(4))
+
+
+def test_printed_line_hides_rounding_level_gaps_only():
+    ok = exact_check(1.0, 1.0 + 2e-16)
+    assert str(ok) == "identity: equal to rounding (64 ulps of float64) OK"
+    bad = exact_check(1.0, 1.1)
+    assert "|gap| 1.0e-01 >" in str(bad) and "FAILED" in str(bad)
+    mc = mc_mean_check(normal_samples(), 1.0, std=2.0)
+    assert "|gap| " in str(mc) and "|gap| <=" not in str(mc)

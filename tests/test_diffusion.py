@@ -119,7 +119,7 @@ def test_mu_tilde_eps_form_eq10_equals_eq7():
     eps = torch.randn(len(t), 3, generator=g, dtype=torch.float64)
     x0 = D.predict_x0_from_eps(SCHED, xt, eps, t)
     mean, _ = D.q_posterior(SCHED, x0, xt, t)
-    exact_check(mean, D.mu_tilde_from_eps(SCHED, xt, eps, t), ulps=1e4, name="mu_tilde").assert_ok()
+    exact_check(mean, D.mu_tilde_from_eps(SCHED, xt, eps, t), name="mu_tilde").assert_ok()
 
 
 def test_x0_eps_conversions_round_trip():
@@ -128,7 +128,7 @@ def test_x0_eps_conversions_round_trip():
     x0 = torch.randn(64, 2, 4, 4, generator=g, dtype=torch.float64)
     eps = torch.randn(64, 2, 4, 4, generator=g, dtype=torch.float64)
     xt = D.q_sample(SCHED, x0, t, eps=eps)
-    exact_check(D.predict_eps_from_x0(SCHED, xt, x0, t), eps, ulps=1e4).assert_ok()
+    exact_check(D.predict_eps_from_x0(SCHED, xt, x0, t), eps, ulps=1e4).assert_ok()  # 1/sqrt(1-ab) amplifies
     exact_check(D.predict_x0_from_eps(SCHED, xt, eps, t), x0, ulps=1e6).assert_ok()
     exact_check(D.eps_from_score(SCHED, D.score_from_eps(SCHED, eps, t), t), eps).assert_ok()
 

@@ -56,4 +56,6 @@ def test_broadcasting_and_dtype():
     out = log_normal(torch.zeros(4, 3), torch.zeros(3), torch.zeros(1))
     assert out.shape == (4, 3) and out.dtype == torch.float32
     assert log_normal(0.0, 0.0, 0.0).dtype == torch.float64
+    mixed = normal_kl(torch.zeros(2), torch.zeros(2, dtype=torch.float64), 0.0, 0.0)
+    assert mixed.dtype == torch.float64, "a float64 input must not be rounded to float32"
     assert log_normal(0.0, 0.0, 0.0).item() == pytest.approx(-0.5 * math.log(2 * math.pi))

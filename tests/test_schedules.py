@@ -47,6 +47,16 @@ def test_posterior_coefficients_eq7_and_snr():
     assert (torch.diff(s.snr) < 0).all(), "SNR must fall monotonically"
 
 
+def test_one_minus_alpha_bar_keeps_full_relative_precision():
+    """1 - alpha_bar_1 = beta_1 exactly; computed as 1 - cumprod it would be off in the 13th digit."""
+    s = NoiseSchedule.linear()
+    assert s.one_minus_alpha_bars[0].item() == pytest.approx(s.betas[0].item(), rel=1e-15)
+    assert s.posterior_mean_coef1[0].item() == pytest.approx(1.0, rel=1e-15)
+    assert s.posterior_mean_coef2[0].item() == 0.0
+    assert torch.allclose(s.one_minus_alpha_bars, 1 - s.alpha_bars, rtol=1e-11, atol=0)
+    assert torch.equal(s.one_minus_alpha_bars_prev[1:], s.one_minus_alpha_bars[:-1])
+
+
 def test_posterior_variance_at_t0_is_zero_and_log_is_clipped():
     s = NoiseSchedule.linear()
     assert s.beta_tildes[0].item() == 0.0
