@@ -75,8 +75,9 @@ def slider(draw: Callable[..., None], **controls: object) -> object:
     """``ipywidgets.interact`` over ``draw`` with the given controls (sliders, dropdowns).
 
     Every parameter of ``draw`` becomes a control, so ``draw`` should take only the controlled
-    values (bind anything else with a lambda or functools.partial). Live only in a running kernel: the rendered book cannot run Python, so every slider in a chapter
-    sits next to a static figure that shows the same thing at a few settings.
+    values (bind anything else with a lambda or functools.partial). Live only in a running kernel:
+    the rendered book cannot run Python, so every slider in a chapter sits next to a static figure
+    that shows the same thing at a few settings.
     """
     import ipywidgets
 

@@ -122,10 +122,11 @@ class NoiseSchedule:
     @classmethod
     def from_name(cls, name: str, T: int = 1000) -> "NoiseSchedule":
         """``"linear"`` or ``"cosine"`` with default parameters."""
-        makers = {"linear": cls.linear, "cosine": cls.cosine}
-        if name not in makers:
-            raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(makers)}")
-        return makers[name](T)
+        if name == "linear":
+            return cls.linear(T)
+        if name == "cosine":
+            return cls.cosine(T)
+        raise ValueError(f"unknown schedule {name!r}; choose one of ['cosine', 'linear']")
 
     # Coefficients -----------------------------------------------------------------------------
     @property
