@@ -24,6 +24,7 @@ __all__ = [
     "mc_mean_check",
     "mc_variance_check",
     "ks_check",
+    "chi2_check",
     "exact_check",
     "bound_check",
     "trapezoid",
@@ -136,6 +137,32 @@ def ks_check(
     d_crit = float(stats.kstwo.ppf(1.0 - alpha, n))
     return CheckResult(name, float(result.statistic), 0.0, d_crit, bool(result.statistic <= d_crit),
                        f"KS critical value at alpha={alpha:g}, n={n}")
+
+
+def chi2_check(counts: ArrayLike, probs: ArrayLike, alpha: float = 1e-3, min_expected: float = 5.0,
+               name: str = "chi-square") -> CheckResult:
+    """Pearson chi-square goodness of fit of histogram ``counts`` to bin probabilities ``probs``.
+
+    Bins whose expected count n p is below ``min_expected`` are pooled into one (the usual validity
+    condition of the chi-square approximation). Passes when the statistic is at most the chi-square
+    critical value at ``alpha`` with (bins - 1) degrees of freedom.
+    """
+    c, p = _np(counts).ravel(), _np(probs).ravel()
+    if c.shape != p.shape:
+        raise ValueError(f"counts and probs must have the same size, got {c.size} and {p.size}")
+    if np.any(p < 0) or not np.isclose(p.sum(), 1.0, rtol=0, atol=1e-6):
+        raise ValueError(f"probs must be non-negative and sum to 1, got sum {p.sum():.6g}")
+    n = c.sum()
+    small = n * p < min_expected
+    c = np.append(c[~small], c[small].sum())
+    p = np.append(p[~small], p[small].sum())
+    keep = p > 0
+    c, p = c[keep], p[keep]
+    stat = float(((c - n * p) ** 2 / (n * p)).sum())
+    dof = c.size - 1
+    crit = float(stats.chi2.ppf(1.0 - alpha, dof))
+    return CheckResult(name, stat, 0.0, crit, stat <= crit,
+                       f"chi2 critical value at alpha={alpha:g}, {dof} dof, n={int(n)}")
 
 
 def exact_check(a: ArrayLike, b: ArrayLike, ulps: float = 64.0, name: str = "identity",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ddpm_lab.checks import (bayes_on_grid, bound_check, exact_check, grid_moments, ks_check, mc_mean_check,
+from ddpm_lab.checks import (bayes_on_grid, bound_check, chi2_check, exact_check, grid_moments, ks_check, mc_mean_check,
                              mc_variance_check, ols, trapezoid)
 
 
@@ -100,3 +100,15 @@ def test_printed_line_hides_rounding_level_gaps_only():
     assert "|gap| 1.0e-01 >" in str(bad) and "FAILED" in str(bad)
     mc = mc_mean_check(normal_samples(), 1.0, std=2.0)
     assert "|gap| " in str(mc) and "|gap| <=" not in str(mc)
+
+
+def test_chi2_check_accepts_true_and_rejects_wrong_bin_probabilities():
+    rng = np.random.default_rng(5)
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    counts = np.bincount(rng.choice(4, size=20_000, p=p), minlength=4)
+    assert chi2_check(counts, p).passed
+    assert not chi2_check(counts, [0.12, 0.18, 0.3, 0.4]).passed
+    tiny = chi2_check(np.append(counts, [0, 1]), np.append(p * (1 - 1e-5), [0.5e-5, 0.5e-5]))
+    assert "5 dof" not in tiny.how  # the two near-empty bins were pooled
+    with pytest.raises(ValueError, match="sum to 1"):
+        chi2_check([1, 2], [0.5, 0.6])
