@@ -23,6 +23,11 @@ __all__ = [
     "predict_eps_from_x0",
     "score_from_eps",
     "eps_from_score",
+    "v_from_x0_eps",
+    "x0_from_v",
+    "eps_from_v",
+    "x0_from_mu",
+    "eps_from_mu",
 ]
 
 Timestep = int | torch.Tensor
@@ -139,3 +144,40 @@ def score_from_eps(schedule: NoiseSchedule, eps: torch.Tensor, t: Timestep) -> t
 def eps_from_score(schedule: NoiseSchedule, score: torch.Tensor, t: Timestep) -> torch.Tensor:
     """The inverse of :func:`score_from_eps`: eps = -sqrt(1 - alpha_bar_t) * score."""
     return -torch.sqrt(_at(schedule.one_minus_alpha_bars, t, score)) * score
+
+
+def v_from_x0_eps(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """The velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022, Sec. 4).
+
+    With x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, (x_t, v) is a rotation of (x_0, eps)."""
+    _same_shape(x0, eps, "x0 and eps")
+    return torch.sqrt(_at(schedule.alpha_bars, t, x0)) * eps - torch.sqrt(_at(schedule.one_minus_alpha_bars, t, x0)) * x0
+
+
+def x0_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (the inverse rotation)."""
+    _same_shape(xt, v, "xt and v")
+    return torch.sqrt(_at(schedule.alpha_bars, t, xt)) * xt - torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) * v
+
+
+def eps_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v (the inverse rotation)."""
+    _same_shape(xt, v, "xt and v")
+    return torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) * xt + torch.sqrt(_at(schedule.alpha_bars, t, xt)) * v
+
+
+def x0_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """Invert Eq. 7 for x_0: x_0 = (mu - posterior_mean_coef2 x_t) / posterior_mean_coef1.
+
+    Well conditioned at small t; at large t coef1 ~ beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t) is
+    small, so errors in mu are amplified (the reason the mean is a poor thing for a network to predict)."""
+    _same_shape(xt, mu, "xt and mu")
+    return (mu - _at(schedule.posterior_mean_coef2, t, xt) * xt) / _at(schedule.posterior_mean_coef1, t, xt)
+
+
+def eps_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """Invert Eq. 10 for the noise: eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t) / beta_t."""
+    _same_shape(xt, mu, "xt and mu")
+    alpha = _at(schedule.alphas, t, xt)
+    beta = _at(schedule.betas, t, xt)
+    return (xt - torch.sqrt(alpha) * mu) * torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) / beta

@@ -7,10 +7,15 @@ matters for the diffusion KLs: beta_tilde_t is ~1e-4 at small t and 0 at t = 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["log_normal", "normal_kl"]
+if TYPE_CHECKING:
+    from .schedules import NoiseSchedule
+
+__all__ = ["log_normal", "normal_kl", "GaussianMixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -43,3 +48,122 @@ def normal_kl(mean1: Tensorish, logvar1: Tensorish, mean2: Tensorish, logvar2: T
     """
     mean1, logvar1, mean2, logvar2 = _as_tensors(mean1, logvar1, mean2, logvar2)
     return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMixture:
+    """p(x) = sum_k w_k N(x; mu_k, Sigma_k) in R^d, with everything a diffusion model needs in closed form.
+
+    ``covs`` is (K, d, d), or (K, d) for diagonal covariances. All arithmetic is float64. The diffused
+    marginal q(x_t) = integral q(x_t | x_0) p(x_0) dx_0 is again a mixture (:meth:`diffused`), so its
+    score, the optimal denoiser E[x_0 | x_t] and the optimal noise prediction are exact too.
+    """
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    covs: torch.Tensor
+    chol: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w = torch.as_tensor(self.weights, dtype=torch.float64).flatten()
+        mu = torch.as_tensor(self.means, dtype=torch.float64)
+        cov = torch.as_tensor(self.covs, dtype=torch.float64)
+        if mu.ndim != 2 or mu.shape[0] != w.shape[0]:
+            raise ValueError(f"means must be (K, d) with K={w.shape[0]} weights, got shape {tuple(mu.shape)}")
+        if (w <= 0).any() or abs(w.sum().item() - 1.0) > 1e-9:
+            raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        K, d = mu.shape
+        if cov.shape == (K, d):
+            if (cov <= 0).any():
+                raise ValueError("diagonal variances must be positive")
+            cov = torch.diag_embed(cov)
+        if cov.shape != (K, d, d):
+            raise ValueError(f"covs must be (K, d, d) or (K, d) = {(K, d, d)} or {(K, d)}, got {tuple(cov.shape)}")
+        L, info = torch.linalg.cholesky_ex(cov)
+        if (info != 0).any():
+            k = int((info != 0).nonzero()[0])
+            raise ValueError(f"covs[{k}] is not symmetric positive definite")
+        for name, value in dict(weights=w, means=mu, covs=cov, chol=L).items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def K(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.means.shape[1]
+
+    def _x(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if x.shape[-1:] != (self.d,):
+            raise ValueError(f"x must end in dimension d={self.d}, got shape {tuple(x.shape)}")
+        return x
+
+    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log w_k + log N(x; mu_k, Sigma_k), shape (..., K)."""
+        diff = (self._x(x).unsqueeze(-2) - self.means).unsqueeze(-1)  # (..., K, d, 1)
+        y = torch.linalg.solve_triangular(self.chol, diff, upper=False).squeeze(-1)
+        maha = (y**2).sum(-1)
+        logdet = 2.0 * torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1)).sum(-1)
+        return torch.log(self.weights) - 0.5 * (self.d * _LOG_2PI + logdet + maha)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) = logsumexp_k [log w_k + log N(x; mu_k, Sigma_k)], shape (...)."""
+        return torch.logsumexp(self.component_log_probs(x), dim=-1)
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """p(k | x), shape (..., K)."""
+        return torch.softmax(self.component_log_probs(x), dim=-1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(x) = sum_k p(k | x) (-Sigma_k^{-1} (x - mu_k)), shape (..., d)."""
+        x = self._x(x)
+        diff = (x.unsqueeze(-2) - self.means).unsqueeze(-1)  # (..., K, d, 1)
+        prec_diff = torch.cholesky_solve(diff, self.chol).squeeze(-1)  # Sigma_k^{-1} (x - mu_k)
+        return -(self.responsibilities(x).unsqueeze(-1) * prec_diff).sum(-2)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws, shape (n, d): a component k ~ w, then mu_k + L_k eps."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.d, 1, generator=generator, dtype=torch.float64)
+        return self.means[k] + (self.chol[k] @ eps).squeeze(-1)
+
+    def diffused(self, schedule: "NoiseSchedule", t: int) -> "GaussianMixture":
+        """The exact marginal q(x_t) = sum_k w_k N(sqrt(alpha_bar_t) mu_k, alpha_bar_t Sigma_k + (1 - alpha_bar_t) I)
+        at code index t (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Ho et al. Eq. 4, with
+        x_0 from this mixture: a sum of independent Gaussians within each component)."""
+        a, s2 = self._coefs(schedule, t)
+        eye = torch.eye(self.d, dtype=torch.float64)
+        return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s2 * eye)
+
+    def _coefs(self, schedule: "NoiseSchedule", t: int) -> tuple[float, float]:
+        if isinstance(t, torch.Tensor):
+            t = int(t.item()) if t.numel() == 1 else -1
+        if not isinstance(t, int) or not 0 <= t < schedule.T:
+            raise ValueError(f"t must be a single timestep in [0, {schedule.T - 1}], got {t}")
+        return math.sqrt(schedule.alpha_bars[t].item()), schedule.one_minus_alpha_bars[t].item()
+
+    def diffused_score(self, schedule: "NoiseSchedule", xt: torch.Tensor, t: int) -> torch.Tensor:
+        """grad log q(x_t), the exact score of the diffused marginal."""
+        return self.diffused(schedule, t).score(xt)
+
+    def posterior_mean_x0(self, schedule: "NoiseSchedule", xt: torch.Tensor, t: int) -> torch.Tensor:
+        """The optimal denoiser E[x_0 | x_t] (the minimizer of E||x_0 - f(x_t)||^2), shape (..., d).
+
+        Within component k, (x_0, x_t) is jointly Gaussian with x_t = a x_0 + s eps (a = sqrt(alpha_bar_t),
+        s^2 = 1 - alpha_bar_t), so E[x_0 | x_t, k] = mu_k + a Sigma_k (a^2 Sigma_k + s^2 I)^{-1} (x_t - a mu_k);
+        the components are weighted by p(k | x_t) under the diffused mixture.
+        """
+        xt = self._x(xt)
+        a, _ = self._coefs(schedule, t)
+        q_t = self.diffused(schedule, t)
+        diff = (xt.unsqueeze(-2) - a * self.means).unsqueeze(-1)  # (..., K, d, 1)
+        gain = a * (self.covs @ torch.cholesky_solve(diff, q_t.chol)).squeeze(-1)  # a Sigma_k C_k^{-1} (x_t - a mu_k)
+        cond_means = self.means + gain  # (..., K, d)
+        return (q_t.responsibilities(xt).unsqueeze(-1) * cond_means).sum(-2)
+
+    def eps_star(self, schedule: "NoiseSchedule", xt: torch.Tensor, t: int) -> torch.Tensor:
+        """The optimal noise prediction E[eps | x_t] = (x_t - sqrt(alpha_bar_t) E[x_0 | x_t]) / sqrt(1 - alpha_bar_t)."""
+        a, s2 = self._coefs(schedule, t)
+        return (self._x(xt) - a * self.posterior_mean_x0(schedule, xt, t)) / math.sqrt(s2)

@@ -176,3 +176,19 @@ def test_bad_inputs_raise_value_error_naming_the_problem():
         D.q_posterior(SCHED, x, torch.zeros(4, 2), 3)
     with pytest.raises(ValueError, match="t has 2 timesteps but the batch has 4"):
         D.q_sample(SCHED, x, torch.tensor([1, 2]))
+
+
+def test_v_and_mean_parameterizations_round_trip():
+    g = torch.Generator().manual_seed(6)
+    t = torch.randint(1, SCHED.T, (64,), generator=g)
+    x0 = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    xt = D.q_sample(SCHED, x0, t, eps=eps)
+    v = D.v_from_x0_eps(SCHED, x0, eps, t)
+    exact_check(D.x0_from_v(SCHED, xt, v, t), x0, ulps=1e3, name="x0 from v").assert_ok()
+    exact_check(D.eps_from_v(SCHED, xt, v, t), eps, ulps=1e3, name="eps from v").assert_ok()
+    mu, _ = D.q_posterior(SCHED, x0, xt, t)
+    exact_check(D.eps_from_mu(SCHED, xt, mu, t), eps, ulps=1e6, name="eps from mu").assert_ok()
+    exact_check(D.x0_from_mu(SCHED, xt, mu, t), x0, ulps=1e8, name="x0 from mu").assert_ok()
+    # v is a rotation: |x_t|^2 + |v|^2 = |x0|^2 + |eps|^2
+    exact_check((xt**2 + v**2), (x0**2 + eps**2), ulps=1e3, name="rotation").assert_ok()

@@ -1,0 +1,108 @@
+"""The variational bound: terms, the decomposition against a direct Monte Carlo estimate, unbiased estimators."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_lab import diffusion as D
+from ddpm_lab.checks import exact_check, mc_mean_check
+from ddpm_lab.elbo import (bits_per_dim, decoder_nll, kl_term, prior_term, term_at, vlb_importance, vlb_single_t,
+                           vlb_terms)
+from ddpm_lab.gaussians import log_normal, normal_kl
+from ddpm_lab.schedules import NoiseSchedule
+
+SCHED = NoiseSchedule.linear(T=6, beta_1=0.05, beta_T=0.4)  # short chain: the direct estimate stays cheap
+
+
+def imperfect_model(xt, t):
+    """A fixed, deliberately imperfect reverse model: mean 0.9 x_t, variance beta_t (Ho et al.'s sigma_t^2)."""
+    logvar = torch.log(SCHED.betas[t]).reshape(-1, *([1] * (xt.ndim - 1)))
+    return 0.9 * xt, logvar.expand_as(xt)
+
+
+def direct_vlb(x0, n, generator):
+    """E_q[log q(x_1:T | x_0) - log p(x_0:T)] by simulating the chain (Eqs. 1-3), no decomposition used."""
+    x0 = x0.expand(n, *x0.shape[1:])
+    xs, log_q = [x0], torch.zeros(n, dtype=torch.float64)
+    for t in range(SCHED.T):
+        x_next = D.q_step(SCHED, xs[-1], t, generator=generator)
+        log_q += log_normal(x_next, math.sqrt(1 - SCHED.betas[t].item()) * xs[-1], math.log(SCHED.betas[t])).sum(1)
+        xs.append(x_next)
+    log_p = log_normal(xs[-1], 0.0, 0.0).sum(1)
+    for t in range(SCHED.T):  # p(x_t | x_{t+1}) at code index t (the step from xs[t+1] to xs[t])
+        mean, logvar = imperfect_model(xs[t + 1], torch.full((n,), t))
+        log_p += log_normal(xs[t], mean, logvar).sum(1)
+    return log_q - log_p
+
+
+def test_decomposition_eq5_equals_direct_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([[0.6, -0.3]], dtype=torch.float64)
+    n = 40_000
+    terms = vlb_terms(SCHED, imperfect_model, x0.expand(n, 2), g)
+    direct = direct_vlb(x0, n, g)
+    mc_mean_check(direct, terms.sum(1).mean().item(), name="direct vs Eq. 5", std=direct.std()).assert_ok()
+    assert terms.shape == (n, SCHED.T + 1)
+
+
+def test_decomposition_check_fails_with_an_index_off_by_one():
+    """Shifting the model's timestep by one (a classic slip) must be caught by the same comparison."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([[0.6, -0.3]], dtype=torch.float64)
+    n = 40_000
+    shifted = lambda xt, t: imperfect_model(xt, (t + 1).clamp(max=SCHED.T - 1))  # noqa: E731
+    terms = vlb_terms(SCHED, shifted, x0.expand(n, 2), g)
+    direct = direct_vlb(x0, n, g)
+    assert not mc_mean_check(direct, terms.sum(1).mean().item(), std=direct.std()).passed
+
+
+def test_kl_term_is_zero_for_the_true_posterior_and_matches_normal_kl():
+    x0 = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    xt = torch.tensor([[0.1, 0.4]], dtype=torch.float64)
+    t = torch.tensor([3])
+    mu, var = D.q_posterior(SCHED, x0, xt, t)
+    assert abs(kl_term(SCHED, x0, xt, t, mu, torch.log(var)).item()) < 1e-15
+    expected = normal_kl(mu, torch.log(var).expand_as(mu), 0.2, -1.0).sum()
+    exact_check(kl_term(SCHED, x0, xt, t, torch.full_like(x0, 0.2), torch.tensor(-1.0)), expected).assert_ok()
+    with pytest.raises(ValueError, match="t >= 1"):
+        kl_term(SCHED, x0, xt, torch.tensor([0]), mu, torch.log(var))
+
+
+def test_prior_and_decoder_terms():
+    x0 = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    ab = SCHED.alpha_bars[-1].item()
+    one = 0.5 * (-math.log(1 - ab) - ab)
+    exact_check(prior_term(SCHED, x0), 3 * one + 0.5 * ab * 2.0).assert_ok()
+    exact_check(decoder_nll(x0, torch.zeros_like(x0), torch.tensor(0.0)), 1.5 * math.log(2 * math.pi) + 1.0).assert_ok()
+
+
+def test_single_t_and_importance_estimators_are_unbiased():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.tensor([[0.6, -0.3]], dtype=torch.float64)
+    n = 60_000
+    full = vlb_terms(SCHED, imperfect_model, x0.expand(20_000, 2), g).sum(1)
+    single = vlb_single_t(SCHED, imperfect_model, x0.expand(n, 2), g)
+    probs = torch.linspace(1, 3, SCHED.T, dtype=torch.float64)
+    imp = vlb_importance(SCHED, imperfect_model, x0.expand(n, 2), probs / probs.sum(), g)
+    target = full.mean().item()
+    se_full = full.std().item() / math.sqrt(full.numel())
+    for est in (single, imp):
+        se = math.hypot(est.std().item() / math.sqrt(n), se_full)  # both sides are estimates
+        mc_mean_check(est, target, std=se * math.sqrt(n)).assert_ok()
+    assert single.var() > full.var()  # one term times T is noisier than the sum
+
+
+def test_term_at_accepts_scalar_t_and_validates():
+    x0 = torch.zeros(4, 2, dtype=torch.float64)
+    assert term_at(SCHED, imperfect_model, x0, 2).shape == (4,)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 5\], got 6"):
+        term_at(SCHED, imperfect_model, x0, 6)
+    with pytest.raises(ValueError, match="probs must be 6 positive"):
+        vlb_importance(SCHED, imperfect_model, x0, torch.ones(5) / 5)
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(math.log(2) * 3072 * 8, 3072).item() == pytest.approx(8.0)
+    with pytest.raises(ValueError):
+        bits_per_dim(1.0, 0)
