@@ -9,7 +9,10 @@ Coefficients are computed in float64 and cast to the dtype of the data they mult
 
 from __future__ import annotations
 
+from typing import Callable, Literal
+
 import torch
+from tqdm.auto import tqdm
 
 from .schedules import NoiseSchedule, extract
 
@@ -28,6 +31,15 @@ __all__ = [
     "eps_from_v",
     "x0_from_mu",
     "eps_from_mu",
+    "EpsModel",
+    "p_mean_variance",
+    "p_sample_step",
+    "sample_ancestral",
+    "ddim_timesteps",
+    "ddim_sigma",
+    "ddim_step",
+    "sample_ddim",
+    "ddim_invert",
 ]
 
 Timestep = int | torch.Tensor
@@ -181,3 +193,132 @@ def eps_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: 
     alpha = _at(schedule.alphas, t, xt)
     beta = _at(schedule.betas, t, xt)
     return (xt - torch.sqrt(alpha) * mu) * torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) / beta
+
+
+# ---------------------------------------------------------------------------------------------
+# The reverse process and samplers
+# ---------------------------------------------------------------------------------------------
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A noise predictor eps_theta(x_t, t): x_t of shape (B, ...) and code indices t of shape (B,)."""
+
+Variance = Literal["beta", "beta_tilde"]
+
+
+def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def p_mean_variance(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: Timestep,
+                    variance: Variance = "beta") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) from a predicted noise:
+    mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) (Eq. 11) and sigma_t^2 = beta_t or
+    beta_tilde_t, the two fixed choices of Sec. 3.2."""
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
+    var = schedule.betas if variance == "beta" else schedule.beta_tildes
+    return mu_tilde_from_eps(schedule, xt, eps, t), _at(var, t, xt)
+
+
+def p_sample_step(schedule: NoiseSchedule, eps_model: EpsModel, xt: torch.Tensor, t: int,
+                  variance: Variance = "beta", generator: torch.Generator | None = None) -> torch.Tensor:
+    """One step of Algorithm 2: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t) + sigma_t z,
+    with z ~ N(0, I), except at the last step (code index 0, the paper's t = 1) where z = 0."""
+    eps = eps_model(xt, _batch_t(t, xt))
+    mean, var = p_mean_variance(schedule, eps, xt, t, variance)
+    if t == 0:
+        return mean
+    z = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device=xt.device)
+    return mean + torch.sqrt(var) * z
+
+
+@torch.no_grad()
+def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[int, ...],
+                     variance: Variance = "beta", generator: torch.Generator | None = None,
+                     record: bool = False, progress: bool = False, x_T: torch.Tensor | None = None,
+                     dtype: torch.dtype = torch.float64) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Algorithm 2: x_T ~ N(0, I), then T reverse steps. Returns x_0, or (x_0, trajectory) with
+    ``record=True`` where trajectory[i] is the paper's x_{T-i} (trajectory[0] = x_T, trajectory[-1] = x_0)."""
+    x = torch.randn(shape, generator=generator, dtype=dtype) if x_T is None else x_T
+    trajectory = [x] if record else []
+    for t in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="sampling", leave=False):
+        x = p_sample_step(schedule, eps_model, x, t, variance, generator)
+        if record:
+            trajectory.append(x)
+    return (x, trajectory) if record else x
+
+
+def ddim_timesteps(T: int, num_steps: int) -> list[int]:
+    """An increasing, evenly strided subset tau of the code indices 0..T-1 with ``num_steps`` elements,
+    starting at 0 and ending at T - 1 (Song et al. 2021, Sec. 4.2)."""
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
+    if num_steps == 1:
+        return [T - 1]
+    return sorted({round(i * (T - 1) / (num_steps - 1)) for i in range(num_steps)})
+
+
+def _alpha_bar_at(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
+    """(alpha_bar, 1 - alpha_bar) at code index t, with t = -1 meaning x_0 itself (alpha_bar = 1)."""
+    if t == -1:
+        return 1.0, 0.0
+    return schedule.alpha_bars[t].item(), schedule.one_minus_alpha_bars[t].item()
+
+
+def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
+    """sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
+    (Song et al. 2021, Eq. 16); eta = 1 with t_prev = t - 1 is the DDPM posterior std sqrt(beta_tilde_t)."""
+    ab, omab = _alpha_bar_at(schedule, t)
+    ab_prev, omab_prev = _alpha_bar_at(schedule, t_prev)
+    return eta * (omab_prev / omab) ** 0.5 * max(1.0 - ab / ab_prev, 0.0) ** 0.5
+
+
+def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """One generalized DDIM step from code index t to t_prev < t (t_prev = -1: to x_0), Song et al. (2021), Eq. 12:
+    x_prev = sqrt(alpha_bar_prev) x0_pred + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z."""
+    if not -1 <= t_prev < t:
+        raise ValueError(f"need -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+    x0_pred = predict_x0_from_eps(schedule, xt, eps, t)
+    ab_prev, omab_prev = _alpha_bar_at(schedule, t_prev)
+    sigma = ddim_sigma(schedule, t, t_prev, eta)
+    out = ab_prev**0.5 * x0_pred + max(omab_prev - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        out = out + sigma * torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device=xt.device)
+    return out
+
+
+@torch.no_grad()
+def sample_ddim(schedule: NoiseSchedule, eps_model: EpsModel, x_T: torch.Tensor, timesteps: list[int],
+                eta: float = 0.0, generator: torch.Generator | None = None, record: bool = False,
+                progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """DDIM sampling along the increasing code indices ``timesteps`` (e.g. :func:`ddim_timesteps`), from x_T at
+    timesteps[-1] down to x_0. eta = 0 is deterministic; eta = 1 on all T steps is ancestral sampling with
+    sigma_t^2 = beta_tilde_t."""
+    x = x_T
+    trajectory = [x] if record else []
+    steps = list(timesteps)
+    for t, t_prev in tqdm(list(zip(steps[::-1], steps[::-1][1:] + [-1])), disable=not progress, desc="DDIM", leave=False):
+        x = ddim_step(schedule, eps_model(x, _batch_t(t, x)), x, t, t_prev, eta, generator)
+        if record:
+            trajectory.append(x)
+    return (x, trajectory) if record else x
+
+
+@torch.no_grad()
+def ddim_invert(schedule: NoiseSchedule, eps_model: EpsModel, x0: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """Deterministic DDIM encoding x_0 -> x_T: run the eta = 0 update forward in time,
+    x_next = sqrt(alpha_bar_next) x0_pred + sqrt(1 - alpha_bar_next) eps_theta(x, t), evaluating the model at the
+    current point (Song et al. 2021, Sec. 4.3: the probability-flow ODE discretized the other way). Inverting then
+    sampling along the same timesteps returns x_0 up to the discretization error."""
+    x = x0
+    steps = [-1] + list(timesteps)
+    for t, t_next in zip(steps[:-1], steps[1:]):
+        if t == -1:  # from x_0 to the first step: x0_pred is x_0 itself, eps is evaluated there
+            eps = eps_model(x, _batch_t(t_next, x))
+            x0_pred = x
+        else:
+            eps = eps_model(x, _batch_t(t, x))
+            x0_pred = predict_x0_from_eps(schedule, x, eps, t)
+        ab_next, omab_next = _alpha_bar_at(schedule, t_next)
+        x = ab_next**0.5 * x0_pred + omab_next**0.5 * eps
+    return x

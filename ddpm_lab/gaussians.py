@@ -70,8 +70,9 @@ class GaussianMixture:
         cov = torch.as_tensor(self.covs, dtype=torch.float64)
         if mu.ndim != 2 or mu.shape[0] != w.shape[0]:
             raise ValueError(f"means must be (K, d) with K={w.shape[0]} weights, got shape {tuple(mu.shape)}")
-        if (w <= 0).any() or abs(w.sum().item() - 1.0) > 1e-9:
+        if (w <= 0).any() or abs(w.sum().item() - 1.0) > 1e-6:
             raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        w = w / w.sum()  # exact normalization (float32 inputs sum to 1 only to ~1e-7)
         K, d = mu.shape
         if cov.shape == (K, d):
             if (cov <= 0).any():

@@ -1,0 +1,174 @@
+"""2-D toy data, a small MLP denoiser and the training loop of Algorithm 1, deterministic on CPU.
+
+The datasets return float64 tensors of shape (n, 2); :func:`mixture` has an exact density (and exact
+optimal denoiser) through :class:`~ddpm_lab.gaussians.GaussianMixture`, the others are samplers only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .diffusion import eps_from_mu, mu_tilde_from_eps, q_sample
+from .elbo import term_at
+from .gaussians import GaussianMixture
+from .schedules import NoiseSchedule
+
+__all__ = ["mixture", "two_moons", "spiral", "sinusoidal_embedding", "MLPDenoiser", "TrainConfig", "train",
+           "model_mean_logvar", "eps_model_of"]
+
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def mixture(k: int = 6, radius: float = 1.0, std: float = 0.12) -> GaussianMixture:
+    """k equal-weight isotropic Gaussians (std ``std``) evenly spaced on a circle: exact density and scores."""
+    if k < 1 or std <= 0:
+        raise ValueError(f"need k >= 1 and std > 0, got k={k}, std={std}")
+    angles = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
+    means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return GaussianMixture(torch.full((k,), 1.0 / k, dtype=torch.float64), means,
+                           torch.full((k, 2), std**2, dtype=torch.float64))
+
+
+def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.08) -> torch.Tensor:
+    """The two interleaving half circles, centred and scaled to about [-1, 1]^2, with Gaussian jitter."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64) * math.pi
+    upper = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
+    x = torch.where(upper, torch.cos(u), 1 - torch.cos(u))
+    y = torch.where(upper, torch.sin(u), 0.5 - torch.sin(u))
+    pts = torch.stack([x - 0.5, y - 0.25], dim=1) * torch.tensor([0.8, 1.0], dtype=torch.float64)
+    return pts + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+
+def spiral(n: int, generator: torch.Generator | None = None, noise: float = 0.04, turns: float = 1.5) -> torch.Tensor:
+    """An Archimedean spiral r = theta / (2 pi turns) scaled into the unit disc, with Gaussian jitter."""
+    s = torch.rand(n, generator=generator, dtype=torch.float64).sqrt()  # uniform along the area swept
+    theta = s * 2 * math.pi * turns
+    pts = torch.stack([s * torch.cos(theta), s * torch.sin(theta)], dim=1)
+    return pts + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """The Transformer position encoding applied to timesteps (Ho et al. 2020, Sec. 4; Vaswani et al. 2017):
+    [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim / 2)), shape (B, dim)."""
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class MLPDenoiser(nn.Module):
+    """A small MLP f(x_t, t) for 2-D data: [x_t, embedding(t)] -> hidden layers (SiLU) -> 2 outputs.
+
+    What the output means (eps, the mean mu, ...) is decided by the loss it is trained with; the network
+    works in float32 and returns the caller's dtype."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time_dim: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        self.time_dim = time_dim
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
+            torch.manual_seed(seed)
+            blocks: list[nn.Module] = [nn.Linear(dim + time_dim, hidden), nn.SiLU()]
+            for _ in range(layers - 1):
+                blocks += [nn.Linear(hidden, hidden), nn.SiLU()]
+            blocks.append(nn.Linear(hidden, dim))
+            self.net = nn.Sequential(*blocks)
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([xt.float(), sinusoidal_embedding(t, self.time_dim)], dim=1)
+        return self.net(h).to(xt.dtype)
+
+
+def model_mean_logvar(schedule: NoiseSchedule, net: nn.Module, xt: torch.Tensor, t: torch.Tensor,
+                      parameterization: Literal["eps", "mu"], variance: Literal["beta", "beta_tilde"]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_theta(x_{t-1} | x_t) = N(mean, exp(logvar)) from the network output, for elbo.term_at: an eps-predictor
+    goes through Eq. 11, a mean-predictor is the mean; the variance is beta_t or beta_tilde_t (clipped log at
+    t = 0, where beta_tilde is 0)."""
+    out = net(xt, t)
+    mean = mu_tilde_from_eps(schedule, xt, out, t) if parameterization == "eps" else out
+    log_var = torch.log(schedule.betas) if variance == "beta" else schedule.posterior_log_variance_clipped
+    return mean, log_var.to(xt)[t].reshape(-1, *([1] * (xt.ndim - 1))).expand_as(xt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (Algorithm 1)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything a toy run depends on. ``objective``: "simple" is Eq. 14 (for a mean-predictor, the
+    unweighted ||mu_tilde - mu_theta||^2), "vlb" is the true bound T * L_t at uniform t (Eq. 5)."""
+
+    steps: int = 3000
+    batch: int = 256
+    lr: float = 2e-3
+    parameterization: Literal["eps", "mu"] = "eps"
+    objective: Literal["simple", "vlb"] = "simple"
+    variance: Literal["beta", "beta_tilde"] = "beta"
+    seed: int = 0
+    progress: bool = True
+    losses: list[float] = field(default_factory=list, repr=False)
+
+
+def _loss(schedule: NoiseSchedule, net: nn.Module, x0: torch.Tensor, cfg: TrainConfig,
+          g: torch.Generator) -> torch.Tensor:
+    if cfg.objective == "vlb":
+        model = lambda xt, t: model_mean_logvar(schedule, net, xt, t, cfg.parameterization, cfg.variance)  # noqa: E731
+        t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+        return schedule.T * term_at(schedule, model, x0, t, g).mean()
+    # Algorithm 1: t ~ Uniform({1..T}), eps ~ N(0, I), gradient step on ||eps - eps_theta(x_t, t)||^2
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    xt = q_sample(schedule, x0, t, eps=eps)
+    out = net(xt, t)
+    if cfg.parameterization == "eps":
+        target = eps
+    else:  # the posterior mean mu_tilde(x_t, x_0) written through the same eps (Eq. 10)
+        target = mu_tilde_from_eps(schedule, xt, eps, t)
+    return ((out - target) ** 2).sum(1).mean()
+
+
+def train(net: nn.Module, data: Sampler, schedule: NoiseSchedule, cfg: TrainConfig) -> TrainConfig:
+    """Algorithm 1 with Adam: repeat { x_0 ~ data, t ~ U, eps ~ N(0, I), step on the loss }.
+
+    ``data(n, generator)`` returns n training points. Deterministic for a given ``cfg.seed`` on CPU. Losses
+    are appended to ``cfg.losses`` (returned) so an interrupted run keeps its history."""
+    if cfg.parameterization not in ("eps", "mu") or cfg.objective not in ("simple", "vlb"):
+        raise ValueError(f"unknown parameterization/objective: {cfg.parameterization!r}, {cfg.objective!r}")
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    net.train()
+    for _ in tqdm(range(cfg.steps), disable=not cfg.progress, desc="training", leave=False):
+        loss = _loss(schedule, net, data(cfg.batch, g), cfg, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        cfg.losses.append(loss.item())
+    net.eval()
+    return cfg
+
+
+def eps_model_of(schedule: NoiseSchedule, net: nn.Module, parameterization: Literal["eps", "mu"] = "eps"
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The trained net as a noise predictor eps_theta(x_t, t) for the samplers (a mean-predictor is converted)."""
+    def eps_model(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = net(xt, t)
+        return out if parameterization == "eps" else eps_from_mu(schedule, xt, out, t)
+    return eps_model

@@ -1,0 +1,85 @@
+"""Reverse step, ancestral sampling (Algorithm 2) and DDIM, against the exact denoiser of a Gaussian mixture."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_lab import diffusion as D
+from ddpm_lab.checks import chi2_check, exact_check, mc_mean_check
+from ddpm_lab.gaussians import GaussianMixture
+from ddpm_lab.schedules import NoiseSchedule
+
+SCHED = NoiseSchedule.linear(T=200, beta_1=1e-4 * 5, beta_T=0.02 * 5)  # 200 steps, same total noise scale
+GM = GaussianMixture(torch.tensor([0.2, 0.3, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]]),
+                     torch.full((3, 2), 0.15**2))
+
+
+def exact_eps(xt, t):
+    return GM.eps_star(SCHED, xt, int(t[0]))
+
+
+def component_mass_check(x):
+    """Assign each sample to its nearest mixture mean: counts vs weights (chi-square)."""
+    labels = torch.cdist(x, GM.means).argmin(1)
+    return chi2_check(torch.bincount(labels, minlength=3), GM.weights, name="component masses")
+
+
+def test_ancestral_sampling_with_the_exact_denoiser_reproduces_the_data():
+    x = D.sample_ancestral(SCHED, exact_eps, (4000, 2), generator=torch.Generator().manual_seed(0))
+    component_mass_check(x).assert_ok()
+    mc_mean_check(x, (GM.weights[:, None] * GM.means).sum(0), name="mean").assert_ok()
+
+
+def test_sampling_with_a_wrong_eps_coefficient_fails_the_check():
+    """Algorithm 2 with 1 - alpha_t over sqrt(1 - alpha_bar_t) replaced by its square root: a common slip."""
+    def wrong_step(xt, t):
+        eps = exact_eps(xt, torch.full((xt.shape[0],), t))
+        b, a, omab = SCHED.betas[t].item(), SCHED.alphas[t].item(), SCHED.one_minus_alpha_bars[t].item()
+        return (xt - math.sqrt(b) / math.sqrt(omab) * eps) / math.sqrt(a)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    for t in range(SCHED.T - 1, -1, -1):
+        x = wrong_step(x, t) + (math.sqrt(SCHED.betas[t].item()) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+                                if t > 0 else 0)
+    assert not mc_mean_check(x, (GM.weights[:, None] * GM.means).sum(0)).passed
+
+
+def test_record_returns_the_whole_trajectory():
+    x, traj = D.sample_ancestral(SCHED, exact_eps, (8, 2), generator=torch.Generator().manual_seed(1), record=True)
+    assert len(traj) == SCHED.T + 1 and torch.equal(traj[-1], x)
+
+
+def test_ddim_eta_one_has_the_ddpm_posterior_variance():
+    sig = torch.tensor([D.ddim_sigma(SCHED, t, t - 1, 1.0) ** 2 for t in range(SCHED.T)], dtype=torch.float64)
+    exact_check(sig, SCHED.beta_tildes, ulps=1e3, name="sigma^2(eta=1) = beta_tilde").assert_ok()
+    assert D.ddim_sigma(SCHED, 10, 9, 0.0) == 0.0
+
+
+def test_ddim_eta0_is_deterministic_and_invertible_with_the_exact_denoiser():
+    g = torch.Generator().manual_seed(2)
+    taus = D.ddim_timesteps(SCHED.T, SCHED.T)
+    x_T = torch.randn(256, 2, generator=g, dtype=torch.float64)
+    a = D.sample_ddim(SCHED, exact_eps, x_T, taus, eta=0.0)
+    b = D.sample_ddim(SCHED, exact_eps, x_T, taus, eta=0.0)
+    assert torch.equal(a, b)
+    x0 = GM.sample(256, g)
+    back = D.sample_ddim(SCHED, exact_eps, D.ddim_invert(SCHED, exact_eps, x0, taus), taus)
+    err = (back - x0).norm(dim=1)
+    # first-order discretization: the round-trip error shrinks with the step count
+    coarse = D.ddim_timesteps(SCHED.T, 20)
+    back20 = D.sample_ddim(SCHED, exact_eps, D.ddim_invert(SCHED, exact_eps, x0, coarse), coarse)
+    assert err.median() < (back20 - x0).norm(dim=1).median() / 4
+    assert err.median() < 0.05
+
+
+def test_ddim_timesteps():
+    assert D.ddim_timesteps(1000, 5) == [0, 250, 500, 749, 999]
+    assert D.ddim_timesteps(10, 10) == list(range(10))
+    with pytest.raises(ValueError, match=r"num_steps must be in \[1, 10\], got 0"):
+        D.ddim_timesteps(10, 0)
+    with pytest.raises(ValueError, match="t_prev"):
+        D.ddim_step(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 5, 5)
+    with pytest.raises(ValueError, match="variance must be"):
+        D.p_mean_variance(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 3, variance="learned")
