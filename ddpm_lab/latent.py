@@ -165,6 +165,7 @@ def elbo_grad_reparam(model: LinearGaussian, x: torch.Tensor, m: torch.Tensor, l
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """n single-sample reparameterization-gradient estimates of d ELBO / d(m, logvar), shape (n, 2k):
     the gradient of log p(x, z) - log q(z) at z = m + exp(logvar / 2) eps, eps ~ N(0, I)."""
+    _check_q(model, m, logvar)
     m_ = m.detach().clone().expand(n, -1).contiguous().requires_grad_(True)
     lv_ = logvar.detach().clone().expand(n, -1).contiguous().requires_grad_(True)
     eps = torch.randn(n, model.k, generator=generator, dtype=torch.float64)

@@ -108,3 +108,10 @@ def test_bad_input_raises():
         elbo(MODEL, X, torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="z must end in dimension k=2"):
         MODEL.log_prior(torch.zeros(5, 3))
+
+
+def test_shape_errors_are_value_errors():
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        elbo_grad_reparam(MODEL, X, torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 4)
+    with pytest.raises(ValueError, match="one Gaussian per call"):
+        gaussian_kl_full(torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2), torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2))
