@@ -112,6 +112,9 @@ class LinearGaussian:
 def gaussian_kl_full(m1: torch.Tensor, S1: torch.Tensor, m2: torch.Tensor, S2: torch.Tensor) -> torch.Tensor:
     """KL(N(m1, S1) || N(m2, S2)) for full covariances:
     1/2 [tr(S2^{-1} S1) + (m2 - m1)^T S2^{-1} (m2 - m1) - k + log det S2 - log det S1]."""
+    if m1.ndim != 1 or S1.ndim != 2:
+        raise ValueError(f"one Gaussian per call: means of shape (k,), covariances (k, k); got {tuple(m1.shape)}, "
+                         f"{tuple(S1.shape)}")
     if S1.shape != S2.shape or S1.shape[-1] != m1.shape[-1] or m1.shape != m2.shape:
         raise ValueError(f"shape mismatch: m1 {tuple(m1.shape)}, S1 {tuple(S1.shape)}, "
                          f"m2 {tuple(m2.shape)}, S2 {tuple(S2.shape)}")
