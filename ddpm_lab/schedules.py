@@ -9,7 +9,7 @@ read through :func:`extract`, which casts it to the caller's dtype (float32 for 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -132,6 +132,14 @@ class NoiseSchedule:
     @property
     def T(self) -> int:
         return self.betas.shape[0]
+
+    def to(self, device: str | torch.device) -> "NoiseSchedule":
+        """The same schedule with every coefficient (still float64) on ``device``, so that reading them in a
+        training step copies nothing from the host."""
+        moved = object.__new__(NoiseSchedule)
+        for f in fields(self):
+            object.__setattr__(moved, f.name, getattr(self, f.name).to(device))
+        return moved
 
     def __repr__(self) -> str:
         b = self.betas
