@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "DataNotFoundError", "data_dir", "download", "load_cifar10",
+__all__ = ["CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "DataNotFoundError", "data_dir", "download", "file_digest", "load_cifar10",
            "read_tarball", "read_image_archive", "to_model_space", "to_uint8", "random_flip"]
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -50,22 +50,36 @@ def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get("DDPM_LAB_DATA", Path.home() / ".cache" / "ddpm_lab"))
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in 1 MB blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def download(url: str, dest: str | os.PathLike[str], md5: str, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` unless a file with the right MD5 is already there.
+def _md5(path: Path) -> str:
+    return file_digest(path, "md5")
 
-    Streams into a temporary file beside ``dest`` with a progress bar, checks the MD5, then renames it into
-    place (atomic on one file system). On any failure the temporary file is removed and nothing is left
-    under ``dest``. Works for ``file://`` URLs too."""
+
+def _matches(path: Path, md5: str | None, sha256_prefix: str | None) -> bool:
+    return (md5 is None or file_digest(path, "md5") == md5) and (
+        sha256_prefix is None or file_digest(path, "sha256").startswith(sha256_prefix))
+
+
+def download(url: str, dest: str | os.PathLike[str], md5: str | None = None, progress: bool = True,
+             timeout: float = 60.0, sha256_prefix: str | None = None) -> Path:
+    """Fetch ``url`` to ``dest`` unless a file with the right checksum is already there.
+
+    Streams into a temporary file beside ``dest`` with a progress bar, checks the MD5 (and/or the leading hex
+    digits of the SHA-256, torch.hub's convention), then renames it into place (atomic on one file system).
+    On any failure the temporary file is removed and nothing is left under ``dest``. Works for ``file://``
+    URLs too."""
+    if md5 is None and sha256_prefix is None:
+        raise ValueError("download needs a checksum: md5 or sha256_prefix")
     dest = Path(dest)
-    if dest.exists() and _md5(dest) == md5:
+    if dest.exists() and _matches(dest, md5, sha256_prefix):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
@@ -76,9 +90,10 @@ def download(url: str, dest: str | os.PathLike[str], md5: str, progress: bool = 
                 while block := resp.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
-        got = _md5(Path(tmp))
-        if got != md5:
+        if md5 is not None and (got := _md5(Path(tmp))) != md5:
             raise OSError(f"MD5 mismatch for {url}: expected {md5}, got {got}")
+        if sha256_prefix is not None and not (got := file_digest(tmp, "sha256")).startswith(sha256_prefix):
+            raise OSError(f"SHA-256 mismatch for {url}: expected {sha256_prefix}..., got {got}")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .diffusion import q_mean_variance, q_posterior, q_sample
-from .gaussians import log_normal, normal_kl
+from .gaussians import discretized_log_normal, log_normal, normal_kl
 from .schedules import NoiseSchedule, check_t
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "prior_term",
     "kl_term",
     "decoder_nll",
+    "decoder_nll_discrete",
     "term_at",
     "vlb_terms",
     "vlb_single_t",
@@ -70,14 +71,24 @@ def decoder_nll(x0: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> t
     return -_sum_dims(log_normal(x0, mean, logvar.expand_as(x0)))
 
 
-def term_at(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor, t: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-sample estimate of the term at code index t (per example): x_t ~ q(x_t | x_0), then L_0 at t = 0
+def decoder_nll_discrete(x0: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """L_0 for one draw of x_1 with the discretized Gaussian decoder of Eq. 13 (x_0 on the 256-level grid of
+    [-1, 1]): -log P(x_0), a probability, so the bound is on the NLL of discrete data. Shape (B,)."""
+    return -_sum_dims(discretized_log_normal(x0, mean, logvar.expand_as(x0)))
+
+
+def term_at(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor, t: torch.Tensor | int,
+            generator: torch.Generator | None = None, eps: torch.Tensor | None = None,
+            decoder: str = "continuous") -> torch.Tensor:
+    """One-sample estimate of the term at code index t (per example): x_t ~ q(x_t | x_0) (with the given
+    noise ``eps`` if passed), then L_0 at t = 0 (``decoder``: "continuous" Gaussian or "discrete", Eq. 13)
     and L_{t-1} (the KL) at t >= 1. Shape (B,)."""
+    if decoder not in ("continuous", "discrete"):
+        raise ValueError(f"decoder must be 'continuous' or 'discrete', got {decoder!r}")
     t = check_t(t, schedule.T).expand(x0.shape[0]) if torch.as_tensor(t).ndim == 0 else check_t(t, schedule.T)
-    xt = q_sample(schedule, x0, t, generator=generator)
+    xt = q_sample(schedule, x0, t, eps=eps, generator=generator)
     mean, logvar = model(xt, t)
-    nll = decoder_nll(x0, mean, logvar)
+    nll = (decoder_nll if decoder == "continuous" else decoder_nll_discrete)(x0, mean, logvar)
     is_kl = t >= 1
     kl = kl_term(schedule, x0[is_kl], xt[is_kl], t[is_kl], mean[is_kl], logvar.expand_as(x0)[is_kl])
     out = nll.clone()

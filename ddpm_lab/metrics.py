@@ -1,0 +1,238 @@
+"""Evaluating a CIFAR-10 model: Frechet distances, Inception score, bits/dim through the full bound, and
+nearest neighbours in the training set.
+
+* **FID / IS** use the standard pytorch-fid port of the TF Inception-v3 (Heusel et al. 2017), whose weights
+  ``pt_inception-2015-12-05-6726825d.pth`` are fetched by :func:`inception_weights` (SHA-256 checked) or taken
+  from a local file. Without the ``pytorch-fid`` package or the weights, :func:`inception_features` says so
+  plainly; nothing falls back silently.
+* **Classifier Frechet distance**: the same Frechet distance in the penultimate features of a small CIFAR-10
+  classifier trained here (:class:`SmallCNN`). It is NOT FID and is labelled so; its floor is the distance
+  between real train and real test images.
+* **Bits/dim**: the full variational bound of Eq. 5 with the discretized decoder (Eq. 13), every timestep,
+  with noise drawn per timestep for the whole evaluation set, so the number does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import download, to_model_space
+from .diffusion import EpsModel, mu_tilde_from_eps, q_sample
+from .elbo import decoder_nll_discrete, kl_term, prior_term
+from .schedules import NoiseSchedule
+
+__all__ = ["frechet_distance", "feature_stats", "inception_score", "INCEPTION_URL", "inception_weights",
+           "inception_features", "SmallCNN", "train_classifier", "classifier_features", "nearest_neighbours",
+           "bits_per_dim_vlb"]
+
+INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the file name carries the hash prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# Frechet distance and Inception score (the math; any feature extractor)
+# ---------------------------------------------------------------------------------------------
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of features (N, D), in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N >= 2, D), got {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2) (Dowson & Landau 1982):
+    ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}); FID when the features are Inception's."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    s1, s2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shape mismatch: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
+    with warnings.catch_warnings():  # a singular product (e.g. a set with itself) is handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():  # near-singular product: regularize as pytorch-fid does
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016) from class probabilities (N, K), as mean and
+    std over ``splits`` equal parts (the usual protocol)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or (p < 0).any() or not np.allclose(p.sum(1), 1.0, atol=1e-6):
+        raise ValueError("probs must be (N, K) rows of probabilities")
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(0, keepdims=True)
+        kl = np.where(part > 0, part * (np.log(np.where(part > 0, part, 1.0)) - np.log(np.where(py > 0, py, 1.0))), 0.0)
+        scores.append(math.exp(kl.sum(1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception (pytorch-fid port)
+# ---------------------------------------------------------------------------------------------
+def inception_weights(path: str | os.PathLike[str] | None = None, download_ok: bool = False) -> Path:
+    """A verified copy of the FID Inception weights: ``path`` if given (checked), else torch.hub's cache,
+    downloaded there when ``download_ok``. Raises FileNotFoundError saying how to get them."""
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(INCEPTION_URL).name
+    if path is not None:
+        src = Path(path)
+        if not src.exists():
+            raise FileNotFoundError(f"Inception weights not found at {src}")
+        return download(src.resolve().as_uri(), hub_file, sha256_prefix=INCEPTION_SHA256_PREFIX, progress=False)
+    if hub_file.exists():
+        return download(hub_file.resolve().as_uri(), hub_file, sha256_prefix=INCEPTION_SHA256_PREFIX)
+    if not download_ok:
+        raise FileNotFoundError(
+            f"FID needs the Inception weights {hub_file.name}: pass --inception-weights PATH (a local copy), or "
+            f"allow the download of {INCEPTION_URL} (SHA-256 prefix {INCEPTION_SHA256_PREFIX}).")
+    return download(INCEPTION_URL, hub_file, sha256_prefix=INCEPTION_SHA256_PREFIX)
+
+
+def inception_features(images: np.ndarray, weights: str | os.PathLike[str] | None = None, batch: int = 200,
+                       device: str = "cpu", progress: bool = True) -> np.ndarray:
+    """2048-d pool features of uint8 images (N, H, W, 3) from pytorch-fid's FID Inception-v3.
+
+    Needs the ``pytorch-fid`` package (``pip install pytorch-fid``) and the weights (:func:`inception_weights`,
+    which places a verified copy where pytorch-fid looks, so nothing is downloaded here)."""
+    try:
+        from pytorch_fid.inception import InceptionV3  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeError("FID needs the pytorch-fid package (pip install pytorch-fid); it is not installed, "
+                           "so no Inception FID is reported.") from exc
+    inception_weights(weights)
+    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    feats = []
+    for i in tqdm(range(0, len(images), batch), disable=not progress, desc="inception"):
+        x = torch.from_numpy(images[i: i + batch]).permute(0, 3, 1, 2).float().div(255).to(device)
+        with torch.no_grad():
+            feats.append(net(x)[0].squeeze(-1).squeeze(-1).cpu().numpy())
+    return np.concatenate(feats)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small CIFAR-10 classifier as a feature extractor (not Inception: labelled as such)
+# ---------------------------------------------------------------------------------------------
+class SmallCNN(nn.Module):
+    """conv(3->c) x2 -> pool -> conv(c->2c) x2 -> pool -> conv(2c->4c) -> global pool -> features (4c) -> 10 logits."""
+
+    def __init__(self, c: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+
+            def block(i: int, o: int) -> list[nn.Module]:
+                return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+
+            self.features = nn.Sequential(*block(3, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c),
+                                          *block(2 * c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 4 * c),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(4 * c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _batches(images: np.ndarray, batch: int, device: str) -> Callable[[int], torch.Tensor]:
+    def get(i: int) -> torch.Tensor:
+        return to_model_space(torch.from_numpy(images[i: i + batch]).permute(0, 3, 1, 2)).to(device)
+    return get
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, steps: int = 2000, batch: int = 128, lr: float = 2e-3,
+                     c: int = 32, seed: int = 0, device: str = "cpu", progress: bool = True) -> SmallCNN:
+    """Train :class:`SmallCNN` with Adam and random flips; returns it in eval mode."""
+    net = SmallCNN(c, seed).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(images).permute(0, 3, 1, 2)
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    net.train()
+    for _ in tqdm(range(steps), disable=not progress, desc="classifier"):
+        idx = torch.randint(0, len(x_all), (batch,), generator=g)
+        x = to_model_space(x_all[idx])
+        flip = torch.rand(batch, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
+        loss = F.cross_entropy(net(x), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def classifier_features(net: SmallCNN, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(penultimate features (N, 4c), class probabilities (N, 10)) of uint8 images (N, H, W, 3)."""
+    device = str(next(net.parameters()).device)
+    get = _batches(images, batch, device)
+    feats, probs = [], []
+    for i in range(0, len(images), batch):
+        f = net.features(get(i))
+        feats.append(f.cpu().numpy())
+        probs.append(torch.softmax(net.head(f), 1).cpu().numpy())
+    return np.concatenate(feats), np.concatenate(probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memorization: nearest neighbours in the training set
+# ---------------------------------------------------------------------------------------------
+def nearest_neighbours(samples: np.ndarray, train: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """For each sample, the L2 distance (pixels scaled to [0, 1]) to its nearest training image, and its index."""
+    s = torch.from_numpy(samples.reshape(len(samples), -1)).float() / 255
+    best_d = torch.full((len(s),), float("inf"))
+    best_i = torch.zeros(len(s), dtype=torch.long)
+    for start in range(0, len(train), chunk):
+        tr = torch.from_numpy(train[start: start + chunk].reshape(-1, s.shape[1])).float() / 255
+        d, i = torch.cdist(s, tr).min(1)
+        better = d < best_d
+        best_d[better], best_i[better] = d[better], i[better] + start
+    return best_d.numpy(), best_i.numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bits/dim through the full variational bound
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def bits_per_dim_vlb(eps_model: EpsModel, schedule: NoiseSchedule, images: np.ndarray, batch: int = 250,
+                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, float | int | list]:
+    """The bound of Eq. 5 in bits/dim on uint8 images (N, H, W, C): L_T + sum of the T - 1 KLs + the
+    discretized decoder L_0, with p_theta(x_{t-1} | x_t) = N(mu_theta, beta_t) (Eq. 11, sigma_t^2 = beta_t; at
+    t = 1 the decoder's variance is beta_tilde_2, as in the official code). One draw of x_t per timestep
+    and image; the noise for timestep t comes from seed + t for the whole set, so batching does not change it.
+    Returns the mean, its standard error, N, and the per-timestep means (bits/dim) for a rate plot."""
+    x_all = to_model_space(torch.from_numpy(images).permute(0, 3, 1, 2))
+    n, dims = x_all.shape[0], x_all[0].numel()
+    sched = schedule.to(device)
+    log_var = torch.log(torch.cat([sched.beta_tildes[1:2], sched.betas[1:]])).float()
+    total = prior_term(sched, x_all.double().to(device)).float().cpu()
+    per_t = torch.zeros(schedule.T)
+    for t in tqdm(range(schedule.T), disable=not progress, desc="bits/dim"):
+        eps_all = torch.randn(x_all.shape, generator=torch.Generator().manual_seed(seed + t))
+        for i in range(0, n, batch):
+            x0 = x_all[i: i + batch].to(device)
+            tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
+            xt = q_sample(sched, x0, tt, eps=eps_all[i: i + batch].to(device))
+            mean = mu_tilde_from_eps(sched, xt, eps_model(xt, tt), tt)
+            logvar = log_var[t].expand_as(x0)
+            term = decoder_nll_discrete(x0, mean, logvar) if t == 0 else kl_term(sched, x0, xt, tt, mean, logvar)
+            total[i: i + batch] += term.float().cpu()
+            per_t[t] += term.float().sum().cpu()
+    bpd = total / (dims * math.log(2))
+    return {"bits_per_dim": float(bpd.mean()), "se": float(bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
+            "n": n, "per_t_bits_per_dim": (per_t / n / (dims * math.log(2))).tolist()}
+

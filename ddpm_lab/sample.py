@@ -1,0 +1,120 @@
+"""Sample images from a trained U-Net: ``python -m ddpm_lab.sample --ckpt RUN/ckpt.pt``.
+
+Ancestral sampling (Algorithm 2, all T steps) or DDIM on a strided subset of timesteps, in batches, under
+bf16 autocast on CUDA, with a progress bar. Writes an ``.npz`` of uint8 images (N, 32, 32, 3) and a PNG grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import to_uint8
+from .diffusion import EpsModel, ddim_timesteps, sample_ancestral, sample_ddim
+from .schedules import NoiseSchedule
+from .unet import PRESETS, UNet
+
+__all__ = ["load_model", "eps_model_of", "sample_images", "image_grid", "save_png", "main"]
+
+
+def load_model(ckpt: str | os.PathLike[str], device: str | torch.device = "cpu", ema: bool = True
+               ) -> tuple[UNet, NoiseSchedule]:
+    """The U-Net (EMA weights by default, as the paper samples) and its schedule, from a trainer checkpoint."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    model = UNet(PRESETS[cfg["model"]])
+    model.load_state_dict(state["ema" if ema else "model"])
+    schedule = NoiseSchedule.linear(cfg["T"], cfg["beta_1"], cfg["beta_T"])
+    return model.to(device).eval(), schedule
+
+
+def eps_model_of(model: UNet, bf16: bool = True) -> EpsModel:
+    """Wrap the U-Net as eps_theta(x_t, t) for the samplers: float32 in and out, bf16 autocast on CUDA."""
+    device_type = next(model.parameters()).device.type
+
+    @torch.no_grad()
+    def eps(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
+            return model(xt.float(), t).float()
+
+    return eps
+
+
+def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256,
+                  method: Literal["ancestral", "ddim"] = "ddim", steps: int = 100, eta: float = 0.0,
+                  seed: int = 0, bf16: bool = True, progress: bool = True) -> np.ndarray:
+    """n samples as uint8 (n, H, W, C). ``method="ancestral"`` runs all T steps with sigma_t^2 = beta_t;
+    ``"ddim"`` runs ``steps`` strided steps with the given eta."""
+    if method not in ("ancestral", "ddim"):
+        raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
+    device = next(model.parameters()).device
+    res, ch = model.cfg.resolution, model.cfg.in_ch
+    eps_model = eps_model_of(model, bf16)
+    schedule = schedule.to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for start in tqdm(range(0, n, batch), disable=not progress, desc=f"{method} sampling"):
+        shape = (min(batch, n - start), ch, res, res)
+        x_T = torch.randn(shape, generator=g, device=device)
+        if method == "ancestral":
+            x0 = sample_ancestral(schedule, eps_model, shape, generator=g, x_T=x_T)
+        else:
+            x0 = sample_ddim(schedule, eps_model, x_T, ddim_timesteps(schedule.T, steps), eta=eta, generator=g)
+        assert isinstance(x0, torch.Tensor)
+        out.append(to_uint8(x0.clamp(-1, 1)).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images (N, H, W, C) into one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) array, white padding."""
+    n, h, w, c = images.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike[str], scale: int = 1) -> None:
+    """Save a uint8 (H, W, 3) array as PNG, optionally upscaled by an integer factor (nearest neighbour)."""
+    from PIL import Image
+
+    im = Image.fromarray(array)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    im.save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m ddpm_lab.sample", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--method", choices=["ancestral", "ddim"], default="ddim")
+    ap.add_argument("--steps", type=int, default=100, help="DDIM steps")
+    ap.add_argument("--eta", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="samples.npz")
+    ap.add_argument("--grid", default="samples.png")
+    ap.add_argument("--raw", action="store_true", help="sample with the raw weights instead of the EMA")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    model, schedule = load_model(args.ckpt, args.device, ema=not args.raw)
+    images = sample_images(model, schedule, args.n, args.batch, args.method, args.steps, args.eta, args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, images=images)
+    save_png(image_grid(images[:64]), args.grid, scale=2)
+    print(f"{len(images)} samples -> {args.out}, grid -> {args.grid}")
+
+
+if __name__ == "__main__":
+    main()
