@@ -136,15 +136,20 @@ def _archive_members(sources: Iterable[Path], split: Split) -> list[tuple[str, s
     return sorted(found)
 
 
-def read_image_archive(sources: Iterable[str | os.PathLike[str]], split: Split,
-                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def read_image_archive(sources: Iterable[str | os.PathLike[str]], split: Split, progress: bool = True,
+                       subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``<split>/<class>/<name>.<ext>`` images from folders and/or zip files, sorted by (class, name).
-    Every image must be 32x32 RGB; lossless formats give the original pixels."""
+    Every image must be 32x32 RGB; lossless formats give the original pixels. ``subset=n`` decodes only n
+    evenly spaced members (so every class is represented), for quick demos."""
     from PIL import Image  # only this reader needs Pillow
 
     members = _archive_members([Path(s) for s in sources], split)
     if not members:
         raise DataNotFoundError(f"no {split}/<class>/<image> members in {[str(s) for s in sources]}")
+    if subset is not None:
+        if not 1 <= subset <= len(members):
+            raise ValueError(f"subset must be in [1, {len(members)}], got {subset}")
+        members = [members[i] for i in np.linspace(0, len(members) - 1, subset).round().astype(int)]
     unknown = sorted({c for c, *_ in members} - set(CLASSES))
     if unknown:
         raise ValueError(f"unknown class folders {unknown}; expected {list(CLASSES)}")
@@ -156,7 +161,9 @@ def read_image_archive(sources: Iterable[str | os.PathLike[str]], split: Split,
             if src.is_dir():
                 data = (src / member).read_bytes()
             else:
-                zf = zips.setdefault(src, zipfile.ZipFile(src))
+                if src not in zips:  # open each zip once (parsing its directory is the slow part)
+                    zips[src] = zipfile.ZipFile(src)
+                zf = zips[src]
                 data = zf.read(member)
             with Image.open(io.BytesIO(data)) as im:
                 arr = np.asarray(im.convert("RGB"))

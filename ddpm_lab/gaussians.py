@@ -135,6 +135,7 @@ class GaussianMixture:
             raise ValueError(f"covs[{k}] is not symmetric positive definite")
         for name, value in dict(weights=w, means=mu, covs=cov, chol=L).items():
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_diffused_cache", {})  # (a, s^2) -> diffused mixture: samplers ask every step
 
     @property
     def K(self) -> int:
@@ -184,12 +185,19 @@ class GaussianMixture:
         at code index t (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Ho et al. Eq. 4, with
         x_0 from this mixture: a sum of independent Gaussians within each component)."""
         a, s2 = self._coefs(schedule, t)
-        eye = torch.eye(self.d, dtype=torch.float64)
-        return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s2 * eye)
+        cache: dict[tuple[float, float], GaussianMixture] = self._diffused_cache  # type: ignore[attr-defined]
+        if (a, s2) not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            eye = torch.eye(self.d, dtype=torch.float64)
+            cache[(a, s2)] = GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s2 * eye)
+        return cache[(a, s2)]
 
     def _coefs(self, schedule: "NoiseSchedule", t: int) -> tuple[float, float]:
         if isinstance(t, torch.Tensor):
-            t = int(t.item()) if t.numel() == 1 else -1
+            if t.numel() != 1:
+                raise ValueError(f"t must be a single timestep (one for the whole batch), got shape {tuple(t.shape)}")
+            t = int(t.item())
         if not isinstance(t, int) or not 0 <= t < schedule.T:
             raise ValueError(f"t must be a single timestep in [0, {schedule.T - 1}], got {t}")
         return math.sqrt(schedule.alpha_bars[t].item()), schedule.one_minus_alpha_bars[t].item()

@@ -157,3 +157,17 @@ def test_cli_trains_from_a_local_tarball(tmp_path, capsys):
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["step"] == 4
     assert (tmp_path / "run" / "ckpt.pt").exists() and (tmp_path / "run" / "config.json").exists()
+
+
+def test_archive_subset_is_class_balanced(tmp_path):
+    from PIL import Image
+
+    x, _ = fake_images(20)
+    for i, img in enumerate(x):
+        cls = D.CLASSES[i % 2]
+        (tmp_path / "test" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "test" / cls / f"{i:02d}.png")
+    _, labels = D.read_image_archive([tmp_path], "test", progress=False, subset=4)
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="subset must be in"):
+        D.read_image_archive([tmp_path], "test", progress=False, subset=0)
