@@ -254,5 +254,8 @@ if __name__ == "__main__":  # python -m ddpm_lab.data [--download] [--data PATH 
     ap.add_argument("--root", help="data directory (default $DDPM_LAB_DATA or ~/.cache/ddpm_lab)")
     args = ap.parse_args()
     for split_name in ("train", "test"):
-        x, y = load_cifar10(split_name, root=args.root, source=args.data, download_ok=args.download)  # type: ignore[arg-type]
+        try:
+            x, y = load_cifar10(split_name, root=args.root, source=args.data, download_ok=args.download)  # type: ignore[arg-type]
+        except DataNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
         print(f"{split_name}: {x.shape} {x.dtype}, labels {np.bincount(y, minlength=10).tolist()}")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import load_cifar10, random_flip, to_model_space
+from .data import DataNotFoundError, load_cifar10, random_flip, to_model_space
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
 from .unet import PRESETS, UNet, count_parameters
@@ -295,7 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "benchmark":
         print(json.dumps(benchmark(cfg, steps=args.bench_steps, device=args.device), indent=2))
         return
-    trainer = Trainer(cfg, load_images(args), args.run_dir, device=args.device, progress=not args.no_progress)
+    try:
+        images = load_images(args)
+    except DataNotFoundError as exc:  # a plain message, not a traceback from deep inside
+        raise SystemExit(f"error: {exc}") from None
+    trainer = Trainer(cfg, images, args.run_dir, device=args.device, progress=not args.no_progress)
     ckpt = Path(args.run_dir) / "ckpt.pt"
     if args.resume:
         if not ckpt.exists():

@@ -171,3 +171,8 @@ def test_archive_subset_is_class_balanced(tmp_path):
     assert sorted(labels.tolist()) == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="subset must be in"):
         D.read_image_archive([tmp_path], "test", progress=False, subset=0)
+
+
+def test_cli_without_data_exits_with_a_plain_message(tmp_path):
+    with pytest.raises(SystemExit, match="error: CIFAR-10 not found"):
+        main(["--preset", "tiny-cpu", "--root", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
