@@ -9,6 +9,7 @@ Coefficients are computed in float64 and cast to the dtype of the data they mult
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal
 
 import torch
@@ -267,9 +268,11 @@ def _alpha_bar_at(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
 def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
     """sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
     (Song et al. 2021, Eq. 16); eta = 1 with t_prev = t - 1 is the DDPM posterior std sqrt(beta_tilde_t)."""
-    ab, omab = _alpha_bar_at(schedule, t)
-    ab_prev, omab_prev = _alpha_bar_at(schedule, t_prev)
-    return eta * (omab_prev / omab) ** 0.5 * max(1.0 - ab / ab_prev, 0.0) ** 0.5
+    _, omab = _alpha_bar_at(schedule, t)
+    _, omab_prev = _alpha_bar_at(schedule, t_prev)
+    # 1 - alpha_bar_t / alpha_bar_prev = -expm1(log alpha_bar_t - log alpha_bar_prev): no cancellation at small t
+    log_ratio = schedule.log_alpha_bars[t].item() - (0.0 if t_prev == -1 else schedule.log_alpha_bars[t_prev].item())
+    return eta * (omab_prev / omab) ** 0.5 * max(-math.expm1(log_ratio), 0.0) ** 0.5
 
 
 def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,

@@ -48,6 +48,7 @@ class NoiseSchedule:
       betas            beta_t, variance of q(x_t | x_{t-1}), Eq. 2
       alphas           alpha_t = 1 - beta_t
       alpha_bars       alpha_bar_t = prod_{s <= t} alpha_s, Eq. 4
+      log_alpha_bars   log alpha_bar_t = sum_{s <= t} log(1 - beta_s), for ratios of alpha_bars at full precision
       alpha_bars_prev  alpha_bar_{t-1}, with alpha_bar_0 = 1
       one_minus_alpha_bars, one_minus_alpha_bars_prev  1 - alpha_bar_t and 1 - alpha_bar_{t-1}, to full
                        relative precision (use these, not 1 - alpha_bars)
@@ -62,6 +63,7 @@ class NoiseSchedule:
     betas: torch.Tensor
     alphas: torch.Tensor = field(init=False)
     alpha_bars: torch.Tensor = field(init=False)
+    log_alpha_bars: torch.Tensor = field(init=False)
     alpha_bars_prev: torch.Tensor = field(init=False)
     one_minus_alpha_bars: torch.Tensor = field(init=False)
     one_minus_alpha_bars_prev: torch.Tensor = field(init=False)
@@ -96,6 +98,7 @@ class NoiseSchedule:
             betas=betas,
             alphas=alphas,
             alpha_bars=alpha_bars,
+            log_alpha_bars=log_alpha_bars,
             alpha_bars_prev=alpha_bars_prev,
             one_minus_alpha_bars=one_minus_alpha_bars,
             one_minus_alpha_bars_prev=one_minus_alpha_bars_prev,
