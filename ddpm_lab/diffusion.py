@@ -32,6 +32,8 @@ __all__ = [
     "eps_from_v",
     "x0_from_mu",
     "eps_from_mu",
+    "mu_from_score",
+    "mu_from_v",
     "EpsModel",
     "p_mean_variance",
     "p_sample_step",
@@ -195,6 +197,18 @@ def eps_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: 
     beta = _at(schedule.betas, t, xt)
     return (xt - torch.sqrt(alpha) * mu) * torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) / beta
 
+
+
+def mu_from_score(schedule: NoiseSchedule, xt: torch.Tensor, score: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """The model mean from a predicted score: mu = (x_t + beta_t score) / sqrt(alpha_t) (Eq. 10 with
+    eps = -sqrt(1 - alpha_bar_t) score)."""
+    return mu_tilde_from_eps(schedule, xt, eps_from_score(schedule, score, t), t)
+
+
+def mu_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
+    """The model mean from a predicted velocity v (Salimans & Ho 2022), through eps = sqrt(1 - alpha_bar) x_t +
+    sqrt(alpha_bar) v and Eq. 10."""
+    return mu_tilde_from_eps(schedule, xt, eps_from_v(schedule, xt, v, t), t)
 
 # ---------------------------------------------------------------------------------------------
 # The reverse process and samplers

@@ -190,5 +190,8 @@ def test_v_and_mean_parameterizations_round_trip():
     mu, _ = D.q_posterior(SCHED, x0, xt, t)
     exact_check(D.eps_from_mu(SCHED, xt, mu, t), eps, ulps=1e6, name="eps from mu").assert_ok()
     exact_check(D.x0_from_mu(SCHED, xt, mu, t), x0, ulps=1e8, name="x0 from mu").assert_ok()
+    score = D.score_from_eps(SCHED, eps, t)
+    exact_check(D.mu_from_score(SCHED, xt, score, t), mu, ulps=1e3, name="mu from score").assert_ok()
+    exact_check(D.mu_from_v(SCHED, xt, v, t), mu, ulps=1e3, name="mu from v").assert_ok()
     # v is a rotation: |x_t|^2 + |v|^2 = |x0|^2 + |eps|^2
     exact_check((xt**2 + v**2), (x0**2 + eps**2), ulps=1e3, name="rotation").assert_ok()
