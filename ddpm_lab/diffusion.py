@@ -235,11 +235,20 @@ def p_mean_variance(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor
 
 
 def p_sample_step(schedule: NoiseSchedule, eps_model: EpsModel, xt: torch.Tensor, t: int,
-                  variance: Variance = "beta", generator: torch.Generator | None = None) -> torch.Tensor:
+                  variance: Variance = "beta", generator: torch.Generator | None = None,
+                  clip_x0: bool = False) -> torch.Tensor:
     """One step of Algorithm 2: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t) + sigma_t z,
-    with z ~ N(0, I), except at the last step (code index 0, the paper's t = 1) where z = 0."""
+    with z ~ N(0, I), except at the last step (code index 0, the paper's t = 1) where z = 0.
+
+    ``clip_x0=True`` does what the official image code does (clip_denoised): the x_0 implied by eps_theta is
+    clipped to [-1, 1] and the mean is the posterior mean mu_tilde(x_t, x_0) of Eq. 7 (identical when no clip)."""
     eps = eps_model(xt, _batch_t(t, xt))
-    mean, var = p_mean_variance(schedule, eps, xt, t, variance)
+    if clip_x0:
+        x0 = predict_x0_from_eps(schedule, xt, eps, t).clamp(-1.0, 1.0)
+        mean, _ = q_posterior(schedule, x0, xt, t)
+        var = _at(schedule.betas if variance == "beta" else schedule.beta_tildes, t, xt)
+    else:
+        mean, var = p_mean_variance(schedule, eps, xt, t, variance)
     if t == 0:
         return mean
     z = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device=xt.device)
@@ -250,13 +259,14 @@ def p_sample_step(schedule: NoiseSchedule, eps_model: EpsModel, xt: torch.Tensor
 def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[int, ...],
                      variance: Variance = "beta", generator: torch.Generator | None = None,
                      record: bool = False, progress: bool = False, x_T: torch.Tensor | None = None,
-                     dtype: torch.dtype = torch.float64) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+                     dtype: torch.dtype = torch.float64, clip_x0: bool = False
+                     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Algorithm 2: x_T ~ N(0, I), then T reverse steps. Returns x_0, or (x_0, trajectory) with
     ``record=True`` where trajectory[i] is the paper's x_{T-i} (trajectory[0] = x_T, trajectory[-1] = x_0)."""
     x = torch.randn(shape, generator=generator, dtype=dtype) if x_T is None else x_T
     trajectory = [x] if record else []
     for t in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="sampling", leave=False):
-        x = p_sample_step(schedule, eps_model, x, t, variance, generator)
+        x = p_sample_step(schedule, eps_model, x, t, variance, generator, clip_x0)
         if record:
             trajectory.append(x)
     return (x, trajectory) if record else x
@@ -290,12 +300,16 @@ def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> floa
 
 
 def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
     """One generalized DDIM step from code index t to t_prev < t (t_prev = -1: to x_0), Song et al. (2021), Eq. 12:
-    x_prev = sqrt(alpha_bar_prev) x0_pred + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z."""
+    x_prev = sqrt(alpha_bar_prev) x0_pred + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z.
+    ``clip_x0`` clips x0_pred to [-1, 1] and uses the eps consistent with it (for image data)."""
     if not -1 <= t_prev < t:
         raise ValueError(f"need -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
     x0_pred = predict_x0_from_eps(schedule, xt, eps, t)
+    if clip_x0:
+        x0_pred = x0_pred.clamp(-1.0, 1.0)
+        eps = predict_eps_from_x0(schedule, xt, x0_pred, t)
     ab_prev, omab_prev = _alpha_bar_at(schedule, t_prev)
     sigma = ddim_sigma(schedule, t, t_prev, eta)
     out = ab_prev**0.5 * x0_pred + max(omab_prev - sigma**2, 0.0) ** 0.5 * eps
@@ -307,7 +321,7 @@ def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: i
 @torch.no_grad()
 def sample_ddim(schedule: NoiseSchedule, eps_model: EpsModel, x_T: torch.Tensor, timesteps: list[int],
                 eta: float = 0.0, generator: torch.Generator | None = None, record: bool = False,
-                progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+                progress: bool = False, clip_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """DDIM sampling along the increasing code indices ``timesteps`` (e.g. :func:`ddim_timesteps`), from x_T at
     timesteps[-1] down to x_0. eta = 0 is deterministic; eta = 1 on all T steps is ancestral sampling with
     sigma_t^2 = beta_tilde_t."""
@@ -315,7 +329,7 @@ def sample_ddim(schedule: NoiseSchedule, eps_model: EpsModel, x_T: torch.Tensor,
     trajectory = [x] if record else []
     steps = list(timesteps)
     for t, t_prev in tqdm(list(zip(steps[::-1], steps[::-1][1:] + [-1])), disable=not progress, desc="DDIM", leave=False):
-        x = ddim_step(schedule, eps_model(x, _batch_t(t, x)), x, t, t_prev, eta, generator)
+        x = ddim_step(schedule, eps_model(x, _batch_t(t, x)), x, t, t_prev, eta, generator, clip_x0)
         if record:
             trajectory.append(x)
     return (x, trajectory) if record else x

@@ -49,9 +49,10 @@ def eps_model_of(model: UNet, bf16: bool = True) -> EpsModel:
 
 def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256,
                   method: Literal["ancestral", "ddim"] = "ddim", steps: int = 100, eta: float = 0.0,
-                  seed: int = 0, bf16: bool = True, progress: bool = True) -> np.ndarray:
+                  seed: int = 0, bf16: bool = True, progress: bool = True, clip_x0: bool = True) -> np.ndarray:
     """n samples as uint8 (n, H, W, C). ``method="ancestral"`` runs all T steps with sigma_t^2 = beta_t;
-    ``"ddim"`` runs ``steps`` strided steps with the given eta."""
+    ``"ddim"`` runs ``steps`` strided steps with the given eta. ``clip_x0`` clips the predicted x_0 to the
+    data range [-1, 1] at every step, as the official DDPM sampler does."""
     if method not in ("ancestral", "ddim"):
         raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
     device = next(model.parameters()).device
@@ -64,9 +65,10 @@ def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256
         shape = (min(batch, n - start), ch, res, res)
         x_T = torch.randn(shape, generator=g, device=device)
         if method == "ancestral":
-            x0 = sample_ancestral(schedule, eps_model, shape, generator=g, x_T=x_T)
+            x0 = sample_ancestral(schedule, eps_model, shape, generator=g, x_T=x_T, clip_x0=clip_x0)
         else:
-            x0 = sample_ddim(schedule, eps_model, x_T, ddim_timesteps(schedule.T, steps), eta=eta, generator=g)
+            x0 = sample_ddim(schedule, eps_model, x_T, ddim_timesteps(schedule.T, steps), eta=eta, generator=g,
+                             clip_x0=clip_x0)
         assert isinstance(x0, torch.Tensor)
         out.append(to_uint8(x0.clamp(-1, 1)).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)

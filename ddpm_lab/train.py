@@ -85,7 +85,10 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class Trainer:
-    """Holds the model, its EMA, the optimizer and the data; ``run()`` is the training loop (Algorithm 1)."""
+    """Holds the model, its EMA, the optimizer and the data; ``run()`` is the training loop (Algorithm 1).
+
+    Seeds torch's global generator with ``cfg.seed`` (the model's initial weights and dropout draw from it)
+    and keeps a generator of its own for data order, flips, t and eps; both are saved in checkpoints."""
 
     def __init__(self, cfg: TrainConfig, images: np.ndarray, run_dir: str | os.PathLike[str],
                  device: str | torch.device | None = None, progress: bool = True) -> None:

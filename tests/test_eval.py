@@ -99,7 +99,7 @@ def test_sample_images_grid_and_png(tmp_path):
 
 def test_nearest_neighbours_finds_copies():
     train = fake_uint8(50)
-    d, i = M.nearest_neighbours(train[[7, 31]], train, chunk=16)
+    d, i = M.nearest_neighbours(train[[7, 31]], train)
     assert np.allclose(d, 0) and i.tolist() == [7, 31]
 
 

@@ -83,3 +83,15 @@ def test_ddim_timesteps():
         D.ddim_step(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 5, 5)
     with pytest.raises(ValueError, match="variance must be"):
         D.p_mean_variance(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 3, variance="learned")
+
+
+def test_clipping_x0_is_a_no_op_when_nothing_needs_clipping_and_bounds_otherwise():
+    xt = torch.full((4, 2), 0.3, dtype=torch.float64)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    small = lambda x, t: torch.zeros_like(x)  # noqa: E731  (x0_pred = x_t / sqrt(alpha_bar): inside [-1, 1])
+    a = D.p_sample_step(SCHED, small, xt, 5, generator=g1)
+    b = D.p_sample_step(SCHED, small, xt, 5, generator=g2, clip_x0=True)
+    exact_check(a, b, ulps=1e3, name="clip is a no-op inside [-1, 1]").assert_ok()
+    huge = lambda x, t: torch.full_like(x, -50.0)  # noqa: E731  (x0_pred far outside the data range)
+    x0 = D.ddim_step(SCHED, huge(xt, None), xt, 10, -1, clip_x0=True)
+    assert x0.abs().max() <= 1.0 + 1e-12
