@@ -27,6 +27,7 @@ __all__ = [
     "chi2_check",
     "exact_check",
     "bound_check",
+    "at_least_check",
     "trapezoid",
     "bayes_on_grid",
     "grid_moments",
@@ -189,6 +190,27 @@ def bound_check(estimate: ArrayLike, expected: ArrayLike, tolerance: ArrayLike, 
     est, exp_, floor = _np(estimate), _np(expected), _np(rounding_floor)
     at_rounding = bool(np.all(np.abs(est - exp_) <= floor))
     return _worst(name, est, exp_, _np(tolerance) + floor, how, rounding_level=at_rounding)
+
+
+def at_least_check(value: ArrayLike, lower: ArrayLike, slack: ArrayLike, how: str,
+                   name: str = "lower bound") -> CheckResult:
+    """A one-sided check: value >= lower - slack (e.g. a variational bound against the true NLL, with slack
+    from its standard error). Reports the worst component; prints as "value vs lower (margin ..., slack ...)"."""
+    v, lo, sl = np.broadcast_arrays(_np(value), _np(lower), _np(slack))
+    margin = v - lo
+    i = np.unravel_index(int(np.argmin(margin + sl)), margin.shape) if margin.ndim else ()
+    passed = bool(np.all(margin >= -sl))
+    return _OneSided(name, float(v[i]), float(lo[i]), float(sl[i]), passed, how)
+
+
+@dataclass(frozen=True)
+class _OneSided(CheckResult):
+    """A :class:`CheckResult` for value >= expected - tolerance."""
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.passed else "FAILED"
+        return (f"{self.name}: {self.estimate:.4g} >= {self.expected:.4g} - slack "
+                f"(margin {self.estimate - self.expected:.2e}, slack {self.tolerance:.1e}, {self.how}) {verdict}")
 
 
 # ---------------------------------------------------------------------------------------------

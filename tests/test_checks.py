@@ -112,3 +112,14 @@ def test_chi2_check_accepts_true_and_rejects_wrong_bin_probabilities():
     assert "5 dof" not in tiny.how  # the two near-empty bins were pooled
     with pytest.raises(ValueError, match="sum to 1"):
         chi2_check([1, 2], [0.5, 0.6])
+
+
+def test_at_least_check_is_one_sided():
+    from ddpm_lab.checks import at_least_check
+
+    assert at_least_check(5.0, 1.0, 0.1, "given").passed  # far above: fine, unlike a two-sided check
+    assert at_least_check(0.95, 1.0, 0.1, "given").passed  # below, but within the slack
+    bad = at_least_check([2.0, 0.5], [1.0, 1.0], 0.1, "given", name="bound")
+    assert not bad.passed and "0.5 >= 1" in str(bad) and "FAILED" in str(bad)
+    with pytest.raises(AssertionError, match="bound"):
+        bad.assert_ok()
