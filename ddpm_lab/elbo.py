@@ -97,32 +97,33 @@ def term_at(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor, t: t
 
 
 def vlb_terms(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Every term of Eq. 5 for each example, shape (B, T + 1): column 0 is L_0, column t (1 <= t <= T - 1)
-    is the KL at code index t, column T is L_T. ``.sum(1)`` is the full-sum estimate of the bound
-    (one draw of x_t per term); T model calls."""
+              generator: torch.Generator | None = None, decoder: str = "continuous") -> torch.Tensor:
+    """Every term of Eq. 5 for each example, shape (B, T + 1): column 0 is L_0 (``decoder`` "continuous" or
+    "discrete", Eq. 13), column t (1 <= t <= T - 1) is the KL at code index t, column T is L_T. ``.sum(1)`` is the
+    full-sum estimate of the bound; each column draws its own x_t (T model calls)."""
     B = x0.shape[0]
-    cols = [term_at(schedule, model, x0, torch.full((B,), t, dtype=torch.long), generator) for t in range(schedule.T)]
+    cols = [term_at(schedule, model, x0, torch.full((B,), t, dtype=torch.long), generator, decoder=decoder)
+            for t in range(schedule.T)]
     return torch.stack(cols + [prior_term(schedule, x0)], dim=1)
 
 
 def vlb_single_t(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, decoder: str = "continuous") -> torch.Tensor:
     """The unbiased one-term estimate T * L_t + L_T with t ~ Uniform{0..T-1} per example, shape (B,)
     (the estimator behind Algorithm 1's uniform t): its mean is the full sum, one model call."""
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
-    return schedule.T * term_at(schedule, model, x0, t, generator) + prior_term(schedule, x0)
+    return schedule.T * term_at(schedule, model, x0, t, generator, decoder=decoder) + prior_term(schedule, x0)
 
 
 def vlb_importance(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor, probs: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, decoder: str = "continuous") -> torch.Tensor:
     """Importance-sampled one-term estimate L_t / p(t) + L_T with t ~ p (Nichol & Dhariwal 2021, Eq. 18,
     where p(t) is proportional to sqrt(E[L_t^2])). Unbiased for any p with p(t) > 0 everywhere. Shape (B,)."""
     probs = torch.as_tensor(probs, dtype=torch.float64)
     if probs.shape != (schedule.T,) or (probs <= 0).any() or abs(probs.sum().item() - 1) > 1e-9:
         raise ValueError(f"probs must be {schedule.T} positive numbers summing to 1")
     t = torch.multinomial(probs, x0.shape[0], replacement=True, generator=generator)
-    return term_at(schedule, model, x0, t, generator) / probs[t].to(x0) + prior_term(schedule, x0)
+    return term_at(schedule, model, x0, t, generator, decoder=decoder) / probs[t].to(x0) + prior_term(schedule, x0)
 
 
 def bits_per_dim(nats: torch.Tensor | float, num_dims: int) -> torch.Tensor:

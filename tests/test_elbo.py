@@ -106,3 +106,16 @@ def test_bits_per_dim():
     assert bits_per_dim(math.log(2) * 3072 * 8, 3072).item() == pytest.approx(8.0)
     with pytest.raises(ValueError):
         bits_per_dim(1.0, 0)
+
+
+def test_discrete_decoder_column_equals_the_discretized_log_likelihood():
+    from ddpm_lab.gaussians import discretized_log_normal
+
+    x0 = (torch.tensor([[0, 255], [128, 7]], dtype=torch.float64) / 127.5) - 1
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    terms = vlb_terms(SCHED, imperfect_model, x0, g1, decoder="discrete")
+    x1 = D.q_sample(SCHED, x0, 0, generator=g2)
+    mean, logvar = imperfect_model(x1, torch.zeros(2, dtype=torch.long))
+    exact_check(terms[:, 0], -discretized_log_normal(x0, mean, logvar).sum(1)).assert_ok()
+    with pytest.raises(ValueError, match="decoder must be"):
+        term_at(SCHED, imperfect_model, x0, 0, decoder="logistic")
