@@ -108,11 +108,14 @@ def vlb_terms(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor,
 
 
 def vlb_single_t(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor,
-                 generator: torch.Generator | None = None, decoder: str = "continuous") -> torch.Tensor:
+                 generator: torch.Generator | None = None, decoder: str = "continuous",
+                 return_t: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The unbiased one-term estimate T * L_t + L_T with t ~ Uniform{0..T-1} per example, shape (B,)
-    (the estimator behind Algorithm 1's uniform t): its mean is the full sum, one model call."""
+    (the estimator behind Algorithm 1's uniform t): its mean is the full sum, one model call.
+    ``return_t=True`` also returns the drawn code indices (to check the estimate conditionally on t)."""
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
-    return schedule.T * term_at(schedule, model, x0, t, generator, decoder=decoder) + prior_term(schedule, x0)
+    est = schedule.T * term_at(schedule, model, x0, t, generator, decoder=decoder) + prior_term(schedule, x0)
+    return (est, t) if return_t else est
 
 
 def vlb_importance(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor, probs: torch.Tensor,

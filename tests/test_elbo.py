@@ -119,3 +119,22 @@ def test_discrete_decoder_column_equals_the_discretized_log_likelihood():
     exact_check(terms[:, 0], -discretized_log_normal(x0, mean, logvar).sum(1)).assert_ok()
     with pytest.raises(ValueError, match="decoder must be"):
         term_at(SCHED, imperfect_model, x0, 0, decoder="logistic")
+
+
+def test_single_t_estimate_is_unbiased_given_t():
+    """E[single | t] = T E[L_t] + L_T for every t: a check with power that the pooled mean lacks."""
+    from ddpm_lab.checks import bound_check
+
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.tensor([[0.6, -0.3]], dtype=torch.float64)
+    n = 30_000
+    per_term = vlb_terms(SCHED, imperfect_model, x0.expand(n, 2), g)
+    est, t = vlb_single_t(SCHED, imperfect_model, x0.expand(n, 2), g, return_t=True)
+    means = torch.stack([est[t == k].mean() for k in range(SCHED.T)])
+    se = torch.stack([est[t == k].std() / math.sqrt(int((t == k).sum())) for k in range(SCHED.T)])
+    expected = SCHED.T * per_term[:, :-1].mean(0) + per_term[:, -1].mean()
+    se_exp = SCHED.T * per_term[:, :-1].std(0) / math.sqrt(n)
+    bound_check(means, expected, 5 * torch.sqrt(se**2 + se_exp**2), "5 SE per t").assert_ok()
+    forgot_t = (est - per_term[:, -1].mean()) / SCHED.T + per_term[:, -1].mean()  # the slip: no factor T
+    wrong = torch.stack([forgot_t[t == k].mean() for k in range(SCHED.T)])
+    assert not bound_check(wrong, expected, 5 * torch.sqrt(se**2 + se_exp**2), "5 SE per t").passed
