@@ -13,7 +13,7 @@ SHELL := bash
 # pip's site config here lists extra local indexes; hide its "Location ... is ignored" noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: book test venv notebooks clean
+.PHONY: book check-book test venv notebooks clean
 
 venv: $(STAMP)
 
@@ -23,9 +23,20 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	touch $@
 
 book: $(STAMP)
-	$(BIN)/python tools/fetch_mathjax.py
+	$(BIN)/python tools/fetch_assets.py
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
 	@echo "book: open _build/html/index.html"
+
+# Open every page of the built book in headless Chromium (Debian's package, installed if missing) and
+# fail on math errors, unloaded images, broken links/anchors, console errors, off-host requests, missing
+# navigation entries or Colab buttons, and widgets without a static figure (tools/check_book.py).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+check-book: book
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(BIN)/python tools/check_book.py --self-test --chromium $(CHROMIUM)
+	$(BIN)/python tools/check_book.py --chromium $(CHROMIUM)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env tests book
