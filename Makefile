@@ -13,7 +13,7 @@ SHELL := bash
 # pip's site config here lists extra local indexes; hide its "Location ... is ignored" noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: book check-book test venv notebooks clean
+.PHONY: book check-book test venv notebooks stamp clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 book: $(STAMP)
 	$(BIN)/python tools/fetch_assets.py
-	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
+	$(BIN)/python tools/book_config.py
+	$(BIN)/jupyter-book build . --config _build/_config.yml --warningiserror --keep-going --quiet
 	@echo "book: open _build/html/index.html"
 
 # Open every page of the built book in headless Chromium (Debian's package, installed if missing) and
@@ -44,6 +45,11 @@ test: $(STAMP)
 # Re-execute every chapter and store its outputs (after editing a notebook or the package).
 notebooks: $(STAMP)
 	$(BIN)/python tools/execute_notebooks.py book/*.ipynb
+	$(BIN)/python tools/check_index.py
+
+# After committing a change to ddpm_lab/: pin every chapter's Colab install cell to it, then commit.
+stamp: $(STAMP)
+	$(BIN)/python tools/stamp_colab.py
 
 clean:
 	rm -rf _build $(VENV)

@@ -12,7 +12,7 @@ proves the book needs no network. On every page it fails on:
 - a broken internal link: a missing file, or an ``#anchor`` with no such id on the target page;
 - a console error, an uncaught exception, a failed request or an HTTP error, a request off this host;
 - a chapter of ``_toc.yml`` missing from the navigation sidebar;
-- on a notebook page: no Colab launch button for that notebook; a widget with no static figure (a
+- on a notebook page: no Colab or Binder launch button for that notebook; a widget with no static figure (a
   loaded ``<img>``) in the code cell just before or after it, for a reader without a kernel.
 
 It saves full-page screenshots of the landing page and two chapters under ``--shots``. Chromium comes
@@ -82,11 +82,13 @@ async () => {
   for (const e of document.querySelectorAll("[id]")) out.ids.push(e.id);
   for (const e of document.querySelectorAll("a[name]")) out.ids.push(e.getAttribute("name"));
   for (const a of document.querySelectorAll("nav.bd-docs-nav a[href]")) out.nav.push(a.href);
-  for (const a of document.querySelectorAll("a[href^='https://colab.research.google.com/']")) out.colab.push(a.href);
+  for (const a of document.querySelectorAll("a[href^='https://colab.research.google.com/'], a[href^='https://mybinder.org/']")) {
+    out.colab.push(a.href);
+  }
   // widgets: each must have a loaded static figure in its own section, outside the widget
   const views = document.querySelectorAll("script[type='application/vnd.jupyter.widget-view+json']");
   out.widgets = views.length;
-  if (views.length) {
+  if (views.length && document.querySelector("script[src*='embed-amd']")) {
     const t0 = Date.now();  // the manager renders asynchronously
     while (document.querySelectorAll(".jupyter-widgets").length === 0 && Date.now() - t0 < 10000) {
       await new Promise(r => setTimeout(r, 100));
@@ -216,8 +218,11 @@ def check_site(html: Path, toc: list[str], notebooks: set[str], shots: Path | No
                     if missing:
                         report.fail(rel, f"missing from the navigation: {', '.join(missing)}")
                 stem = rel.removesuffix(".html")
-                if stem in notebooks and not any(u.endswith(f"/{stem}.ipynb") for u in res["colab"]):
-                    report.fail(rel, "no Colab launch button for this notebook")
+                if stem in notebooks:
+                    if not any(u.startswith("https://colab") and u.endswith(f"/{stem}.ipynb") for u in res["colab"]):
+                        report.fail(rel, "no Colab launch button for this notebook")
+                    if not any(u.startswith("https://mybinder") and u.endswith(f"/{stem}.ipynb") for u in res["colab"]):
+                        report.fail(rel, "no Binder launch button for this notebook")
                 if shots is not None and rel in SCREENSHOTS.values():
                     name = next(k for k, v in SCREENSHOTS.items() if v == rel)
                     shots.mkdir(parents=True, exist_ok=True)
@@ -250,6 +255,10 @@ def check_site(html: Path, toc: list[str], notebooks: set[str], shots: Path | No
 
 def self_test(chromium: str) -> int:
     """Build a tiny site with one defect of each kind and check that every defect is reported."""
+    WIDGET = ('<div class="cell"><div class="cell_output"><script type="application/vnd.jupyter.widget-view+json">'
+              '{"model_id": "x"}</script></div></div>')
+    PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQ"
+             "DwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp)
         (html / "book").mkdir()
@@ -262,12 +271,13 @@ def self_test(chromium: str) -> int:
         (html / "book" / "good.html").write_text(
             f'<html><head>{head}</head><body>{nav}<article><section id="s">'
             r'<p>Fine: <span class="math">\(x^2\)</span>.</p><a href="good.html#s">self</a>'
+            f'{WIDGET}<div class="cell"><div class="cell_output"><img src="{PIXEL}"></div></div>'
             '</section></article></body></html>')
         (html / "book" / "bad.html").write_text(
             f'<html><head>{head}<script>console.error("boom")</script></head><body>{nav}<article>'
             r'<p>raw: $\alpha_t$ and <span class="math">\(\undefinedmacro{x}\)</span> <span class="math">\(\left( x\)</span></p>'
             '<img src="missing.png"><a href="nowhere.html">x</a><a href="good.html#nope">y</a>'
-            '<img src="https://example.com/x.png"></article></body></html>')
+            f'<img src="https://example.com/x.png"><section id="w">{WIDGET}</section></article></body></html>')
         report = check_site(html, ["book/intro", "book/good", "book/other"], {"book/good"}, None, chromium,
                             quiet=True)
     expected = {  # defect -> a phrase its failure line must contain
@@ -276,11 +286,13 @@ def self_test(chromium: str) -> int:
         "TeX syntax error": "MathJax error: Extra \\left", "broken image": "image did not load: missing.png",
         "broken link": "broken link: book/nowhere.html", "broken anchor": "broken anchor: book/good.html#nope",
         "missing nav entry": "missing from the navigation: book/other",
-        "no Colab button": "book/good.html: no Colab launch button", "off-host request": "request off this host",
+        "no Colab button": "book/good.html: no Colab launch button",
+        "no Binder button": "book/good.html: no Binder launch button",
+        "widget without a static figure": "widget in section #w has no static figure", "off-host request": "request off this host",
     }
     missed = [k for k, phrase in expected.items() if not any(phrase in f for f in report.failures)]
     spurious = [f for f in report.failures if f.startswith("book/good.html") and "navigation" not in f
-                and "Colab" not in f]
+                and "launch button" not in f]
     for f in report.failures:
         print("  reported:", f)
     if missed or spurious:
