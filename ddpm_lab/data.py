@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "DataNotFoundError", "data_dir", "download", "file_digest", "load_cifar10",
-           "read_tarball", "read_image_archive", "to_model_space", "to_uint8", "random_flip"]
+           "read_tarball", "read_image_archive", "to_model_space", "to_uint8", "flip_lr", "random_flip"]
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -239,10 +239,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def flip_lr(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Flip the images of a (B, C, H, W) batch left-right where the boolean mask ``flip`` (B,) is true."""
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of a (B, C, H, W) batch left-right with probability 1/2 (on x's device, no host sync)."""
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return flip_lr(x, torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5)
 
 
 if __name__ == "__main__":  # python -m ddpm_lab.data [--download] [--data PATH ...] [--root DIR]

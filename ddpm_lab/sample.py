@@ -2,6 +2,10 @@
 
 Ancestral sampling (Algorithm 2, all T steps) or DDIM on a strided subset of timesteps, in batches, under
 bf16 autocast on CUDA, with a progress bar. Writes an ``.npz`` of uint8 images (N, 32, 32, 3) and a PNG grid.
+
+Several GPUs: ``torchrun --nproc_per_node N -m ddpm_lab.sample ...``. Batch k is drawn from its own seed
+(seed, k) and done by rank k mod N; rank 0 gathers the batches in order and writes the files. The samples
+are therefore the same for any N (bit for bit on the same kind of device), and N GPUs take 1/N of the time.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import to_uint8
 from .diffusion import EpsModel, ddim_timesteps, sample_ancestral, sample_ddim
 from .schedules import NoiseSchedule
@@ -49,19 +54,28 @@ def eps_model_of(model: UNet, bf16: bool = True) -> EpsModel:
 
 def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256,
                   method: Literal["ancestral", "ddim"] = "ddim", steps: int = 100, eta: float = 0.0,
-                  seed: int = 0, bf16: bool = True, progress: bool = True, clip_x0: bool = True) -> np.ndarray:
+                  seed: int = 0, bf16: bool = True, progress: bool = True, clip_x0: bool = True,
+                  dist: distributed.Dist | None = None) -> np.ndarray | None:
     """n samples as uint8 (n, H, W, C). ``method="ancestral"`` runs all T steps with sigma_t^2 = beta_t;
     ``"ddim"`` runs ``steps`` strided steps with the given eta. ``clip_x0`` clips the predicted x_0 to the
-    data range [-1, 1] at every step, as the official DDPM sampler does."""
+    data range [-1, 1] at every step, as the official DDPM sampler does.
+
+    Batch k (images k*batch ...) is drawn from a generator seeded by (seed, k), so the result does not depend
+    on how batches are shared out. With ``dist``, this rank does batches k = rank, rank + N, ...; rank 0
+    returns all n samples in order and the other ranks return None."""
+    d = dist or distributed.Dist()
     if method not in ("ancestral", "ddim"):
         raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
     device = next(model.parameters()).device
     res, ch = model.cfg.resolution, model.cfg.in_ch
     eps_model = eps_model_of(model, bf16)
     schedule = schedule.to(device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for start in tqdm(range(0, n, batch), disable=not progress, desc=f"{method} sampling"):
+    g = torch.Generator(device=device)
+    mine: dict[int, np.ndarray] = {}
+    n_batches = math.ceil(n / batch)
+    for k in tqdm(range(d.rank, n_batches, d.world), disable=not (progress and d.main), desc=f"{method} sampling"):
+        start = k * batch
+        g.manual_seed(seed * 1_000_003 + k)
         shape = (min(batch, n - start), ch, res, res)
         x_T = torch.randn(shape, generator=g, device=device)
         if method == "ancestral":
@@ -70,8 +84,9 @@ def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256
             x0 = sample_ddim(schedule, eps_model, x_T, ddim_timesteps(schedule.T, steps), eta=eta, generator=g,
                              clip_x0=clip_x0)
         assert isinstance(x0, torch.Tensor)
-        out.append(to_uint8(x0.clamp(-1, 1)).permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
+        mine[k] = to_uint8(x0.clamp(-1, 1)).permute(0, 2, 3, 1).cpu().numpy()
+    batches = distributed.gather_batches(mine, d)
+    return None if batches is None else np.concatenate(batches)
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -99,7 +114,8 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str], scale: int = 1) ->
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ddpm_lab.sample", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--n", type=int, default=64)
+    # not "--n": torchrun would take that for an abbreviation of its own --nnodes / --nproc-per-node
+    ap.add_argument("-n", "--num-samples", dest="n", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--method", choices=["ancestral", "ddim"], default="ddim")
     ap.add_argument("--steps", type=int, default=100, help="DDIM steps")
@@ -108,14 +124,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="samples.npz")
     ap.add_argument("--grid", default="samples.png")
     ap.add_argument("--raw", action="store_true", help="sample with the raw weights instead of the EMA")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=None, help="default: cuda if available (under torchrun: cuda:LOCAL_RANK)")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    model, schedule = load_model(args.ckpt, args.device, ema=not args.raw)
-    images = sample_images(model, schedule, args.n, args.batch, args.method, args.steps, args.eta, args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, images=images)
-    save_png(image_grid(images[:64]), args.grid, scale=2)
-    print(f"{len(images)} samples -> {args.out}, grid -> {args.grid}")
+    d, device = distributed.init(args.device)  # a no-op unless started by torchrun
+    try:
+        model, schedule = load_model(args.ckpt, device, ema=not args.raw)
+        images = sample_images(model, schedule, args.n, args.batch, args.method, args.steps, args.eta, args.seed,
+                               progress=not args.no_progress, dist=d)
+        if images is not None:  # rank 0
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(args.out, images=images)
+            save_png(image_grid(images[:64]), args.grid, scale=2)
+            print(f"{len(images)} samples from {d.world} process(es) -> {args.out}, grid -> {args.grid}")
+    finally:
+        distributed.close(d)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ loop (the loss is accumulated on the device and read every ``log_every`` steps).
 A run is a directory: ``config.json``, ``metrics.jsonl`` (one JSON line per log step), ``ckpt.pt`` (model, EMA,
 optimizer, scheduler, step, RNG states, config; written atomically every ``ckpt_every`` steps and at the end).
 ``--resume`` continues from ``ckpt.pt`` exactly where it stopped.
+
+Several GPUs: ``torchrun --nproc_per_node N -m ddpm_lab.train ...`` (see ddpm_lab/distributed.py). ``--batch`` stays
+the global batch; each of the N processes takes a disjoint B/N slice of every step's batch, DistributedDataParallel
+averages the gradients, and rank 0 alone logs, shows progress and writes checkpoints. The data order (a seeded
+permutation per epoch), the flips, t and eps are drawn for the global batch, identically on every rank, so a run
+on N processes takes the same steps as on one, and a checkpoint resumes under any N that divides the batch.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import DataNotFoundError, load_cifar10, random_flip, to_model_space
+from . import distributed
+from .data import DataNotFoundError, flip_lr, load_cifar10, to_model_space
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
 from .unet import PRESETS, UNet, count_parameters
@@ -88,11 +95,18 @@ class Trainer:
     """Holds the model, its EMA, the optimizer and the data; ``run()`` is the training loop (Algorithm 1).
 
     Seeds torch's global generator with ``cfg.seed`` (the model's initial weights and dropout draw from it)
-    and keeps a generator of its own for data order, flips, t and eps; both are saved in checkpoints."""
+    and keeps a generator of its own for flips, t and eps; both are saved in checkpoints. The data order is
+    a permutation per epoch seeded by (seed, epoch), so it needs no state.
+
+    ``dist`` (from :func:`ddpm_lab.distributed.init`) makes this one of several processes: the model is
+    wrapped in DistributedDataParallel and this rank trains on its slice of each global batch."""
 
     def __init__(self, cfg: TrainConfig, images: np.ndarray, run_dir: str | os.PathLike[str],
-                 device: str | torch.device | None = None, progress: bool = True) -> None:
+                 device: str | torch.device | None = None, progress: bool = True,
+                 dist: distributed.Dist | None = None) -> None:
         self.cfg = cfg
+        self.dist = dist or distributed.Dist()
+        self.local = distributed.shard(cfg.batch, self.dist)  # this rank's slice of every global batch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
         self.run_dir = Path(run_dir)
@@ -108,30 +122,58 @@ class Trainer:
         if cfg.subset is not None:
             images = images[: cfg.subset]
         self.data = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.steps_per_epoch = self.data.shape[0] // cfg.batch  # the last partial batch of an epoch is dropped
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.data.shape[0]} images are fewer than one batch of {cfg.batch}")
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         self.model = UNet(PRESETS[cfg.model]).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.cuda)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
-        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # data order, flips, t and eps
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # flips, t and eps (same on every rank)
         self.step = 0
         self.images_seen = 0
-        self.forward = torch.compile(self.model) if (cfg.compile and self.cuda) else self.model
+        net: torch.nn.Module = self.model
+        if self.dist.active:  # broadcasts rank 0's weights, then averages gradients in backward()
+            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.cuda else None)
+            self._seed_dropout()
+        self.net = net
+        self.forward = torch.compile(net) if (cfg.compile and self.cuda) else net
+
+    def _seed_dropout(self) -> None:
+        # ranks must not share dropout masks; a function of (seed, rank, step) also survives a resume under new N
+        torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank * 7_919 + self.step)
 
     # -- one step ------------------------------------------------------------------------------
+    def indices(self, step: int) -> torch.Tensor:
+        """The global batch of ``step``: a slice of the permutation of epoch ``step // steps_per_epoch``."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:  # once per epoch, on the device: no host sync
+            g = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.data.shape[0], generator=g, device=self.device)
+            self._perm_epoch = epoch
+        return self._perm[k * self.cfg.batch:(k + 1) * self.cfg.batch]
+
     def batch(self) -> torch.Tensor:
-        idx = torch.randint(0, self.data.shape[0], (self.cfg.batch,), device=self.device, generator=self.gen)
-        x = self.data[idx]
-        if self.cfg.flip:
-            x = random_flip(x, self.gen)
+        """This rank's slice of the step's global batch, flipped and scaled to [-1, 1]."""
+        x = self.data[self.indices(self.step)[self.local]]
+        if self.cfg.flip:  # drawn for the whole global batch, so the draws do not depend on the number of ranks
+            flip = torch.rand(self.cfg.batch, generator=self.gen, device=self.device) < 0.5
+            x = flip_lr(x, flip[self.local])
         x0 = to_model_space(x)
         return x0.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x0
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """L_simple (Eq. 14): t ~ U{0..T-1}, eps ~ N(0, I), ||eps - eps_theta(x_t, t)||^2 (mean over pixels)."""
-        t = torch.randint(0, self.cfg.T, (x0.shape[0],), device=self.device, generator=self.gen)
-        eps = torch.randn(x0.shape, device=self.device, generator=self.gen, dtype=x0.dtype)
+        """L_simple (Eq. 14): t ~ U{0..T-1}, eps ~ N(0, I), ||eps - eps_theta(x_t, t)||^2 (mean over pixels).
+
+        t and eps are drawn for the global batch and sliced, like the images."""
+        B = self.cfg.batch
+        t = torch.randint(0, self.cfg.T, (B,), device=self.device, generator=self.gen)[self.local]
+        eps = torch.randn((B, *x0.shape[1:]), device=self.device, generator=self.gen, dtype=x0.dtype)[self.local]
+        if self.cfg.channels_last:
+            eps = eps.contiguous(memory_format=torch.channels_last)
         xt = q_sample(self.schedule, x0, t, eps=eps)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             pred = self.forward(xt, t)
@@ -159,8 +201,10 @@ class Trainer:
                 "config": dataclasses.asdict(self.cfg)}
 
     def save(self) -> Path:
+        """Write ckpt.pt atomically (rank 0 only: every rank holds the same model, EMA and optimizer)."""
         path = self.run_dir / "ckpt.pt"
-        _atomic_torch_save(self.state(), path)
+        if self.dist.main:
+            _atomic_torch_save(self.state(), path)
         return path
 
     def load(self, path: str | os.PathLike[str]) -> None:
@@ -172,19 +216,22 @@ class Trainer:
         self.step, self.images_seen = ck["step"], ck["images_seen"]
         self.gen.set_state(ck["gen"].cpu())  # generator states are CPU byte tensors, also for CUDA generators
         torch.set_rng_state(ck["torch_rng"].cpu())
-        if self.cuda and ck["cuda_rng"] is not None:
+        if self.cuda and ck["cuda_rng"] is not None and len(ck["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
+        if self.dist.active:
+            self._seed_dropout()
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        metrics = open(self.run_dir / "metrics.jsonl", "a")
+        cfg, main = self.cfg, self.dist.main
+        if main:
+            (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        metrics = open(self.run_dir / "metrics.jsonl", "a") if main else None
         start = time.perf_counter()
         deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
         loss_sum = torch.zeros((), device=self.device)
         window_start, window_steps, last = time.perf_counter(), 0, {}
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and main), desc="train", unit="step")
         self.model.train()
         try:
             while self.step < cfg.steps:
@@ -192,24 +239,27 @@ class Trainer:
                 window_steps += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    mean_loss = (loss_sum / window_steps).item()  # the one sync per log interval
+                    # the one sync per log interval: the loss averaged over ranks
+                    mean_loss = distributed.all_mean(loss_sum / window_steps, self.dist).item()
                     now = time.perf_counter()
                     last = {"step": self.step, "loss": round(mean_loss, 6), "lr": self.sched.get_last_lr()[0],
                             "img_per_s": round(window_steps * cfg.batch / (now - window_start), 1),
                             "images_seen": self.images_seen, "elapsed_s": round(now - start, 1)}
-                    metrics.write(json.dumps(last) + "\n")
-                    metrics.flush()
+                    if metrics is not None:
+                        metrics.write(json.dumps(last) + "\n")
+                        metrics.flush()
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{last['img_per_s']:.0f}")
                     loss_sum.zero_()
                     window_start, window_steps = now, 0
-                    if now > deadline:
+                    if distributed.any_true(now > deadline, self.device, self.dist):  # ranks stop together
                         break
                 if self.step % cfg.ckpt_every == 0:
                     self.save()
         finally:  # also on KeyboardInterrupt: nothing is lost
             self.save()
             bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         return last
 
 
@@ -298,19 +348,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "benchmark":
         print(json.dumps(benchmark(cfg, steps=args.bench_steps, device=args.device), indent=2))
         return
+    d, device = distributed.init(args.device)  # a no-op unless started by torchrun
     try:
         images = load_images(args)
     except DataNotFoundError as exc:  # a plain message, not a traceback from deep inside
         raise SystemExit(f"error: {exc}") from None
-    trainer = Trainer(cfg, images, args.run_dir, device=args.device, progress=not args.no_progress)
-    ckpt = Path(args.run_dir) / "ckpt.pt"
-    if args.resume:
-        if not ckpt.exists():
-            raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-        trainer.load(ckpt)
-    print(f"{count_parameters(trainer.model) / 1e6:.2f}M parameters on {trainer.device}; "
-          f"step {trainer.step} -> {cfg.steps}")
-    print(json.dumps(trainer.run()))
+    try:
+        try:
+            trainer = Trainer(cfg, images, args.run_dir, device=device, progress=not args.no_progress, dist=d)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        ckpt = Path(args.run_dir) / "ckpt.pt"
+        if args.resume:
+            if not ckpt.exists():
+                raise SystemExit(f"--resume: no checkpoint at {ckpt}")
+            trainer.load(ckpt)
+        if d.main:
+            where = f"{d.world} processes ({device.type})" if d.active else str(trainer.device)
+            print(f"{count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
+                  f"step {trainer.step} -> {cfg.steps}, global batch {cfg.batch}", flush=True)
+        last = trainer.run()
+        if d.main:
+            print(json.dumps(last))
+    finally:
+        distributed.close(d)
 
 
 if __name__ == "__main__":
