@@ -27,6 +27,7 @@ from scipy import linalg
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import download, to_model_space
 from .diffusion import EpsModel, mu_tilde_from_eps, q_sample
 from .elbo import decoder_nll_discrete, kl_term, prior_term
@@ -207,32 +208,55 @@ def nearest_neighbours(samples: np.ndarray, train: np.ndarray, chunk: int = 2048
 # ---------------------------------------------------------------------------------------------
 # Bits/dim through the full variational bound
 # ---------------------------------------------------------------------------------------------
+NOISE_BLOCK = 50  # images that share one noise generator per timestep in bits_per_dim_vlb
+
+
 @torch.no_grad()
 def bits_per_dim_vlb(eps_model: EpsModel, schedule: NoiseSchedule, images: np.ndarray, batch: int = 250,
-                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, float | int | list]:
+                     seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+                     dist: distributed.Dist | None = None) -> dict[str, float | int | list] | None:
     """The bound of Eq. 5 in bits/dim on uint8 images (N, H, W, C): L_T + sum of the T - 1 KLs + the
     discretized decoder L_0, with p_theta(x_{t-1} | x_t) = N(mu_theta, beta_t) (Eq. 11, sigma_t^2 = beta_t; at
     t = 1 the decoder's variance is beta_tilde_2, as in the official code). One draw of x_t per timestep
-    and image; the noise for timestep t comes from seed + t for the whole set, so batching does not change it.
-    Returns the mean, its standard error, N, and the per-timestep means (bits/dim) for a rate plot."""
+    and image. The images are cut into blocks of NOISE_BLOCK; the noise of block k at timestep t comes from
+    its own seed (seed, t, k), so neither the batch size nor the number of processes changes the result.
+    Returns the mean, its standard error, N, and the per-timestep means (bits/dim) for a rate plot.
+
+    With ``dist`` (under torchrun), rank r evaluates blocks r, r + N, ...; rank 0 gathers the per-image
+    bounds and returns the result, the other ranks return None."""
+    d = dist or distributed.Dist()
     x_all = to_model_space(torch.from_numpy(images).permute(0, 3, 1, 2))
     n, dims = x_all.shape[0], x_all[0].numel()
     sched = schedule.to(device)
     log_var = torch.log(torch.cat([sched.beta_tildes[1:2], sched.betas[1:]])).float()
-    total = prior_term(sched, x_all.double().to(device)).float().cpu()
-    per_t = torch.zeros(schedule.T)
-    for t in tqdm(range(schedule.T), disable=not progress, desc="bits/dim"):
-        eps_all = torch.randn(x_all.shape, generator=torch.Generator().manual_seed(seed + t))
-        for i in range(0, n, batch):
-            x0 = x_all[i: i + batch].to(device)
+    blocks = list(range(d.rank, math.ceil(n / NOISE_BLOCK), d.world))  # this rank's share
+    per_batch = max(1, batch // NOISE_BLOCK)
+    groups = [blocks[i: i + per_batch] for i in range(0, len(blocks), per_batch)]
+    rows = {k: slice(k * NOISE_BLOCK, min(n, (k + 1) * NOISE_BLOCK)) for k in blocks}
+    total = {k: prior_term(sched, x_all[rows[k]].double().to(device)).float().cpu() for k in blocks}
+    per_t = torch.zeros(schedule.T, dtype=torch.float64)
+    g = torch.Generator()
+    for t in tqdm(range(schedule.T), disable=not (progress and d.main), desc="bits/dim"):
+        for group in groups:
+            x0 = torch.cat([x_all[rows[k]] for k in group]).to(device)
+            eps = torch.cat([torch.randn(x_all[rows[k]].shape, generator=g.manual_seed(seed * 1_000_003 + t * 10_007 + k))
+                             for k in group]).to(device)
             tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
-            xt = q_sample(sched, x0, tt, eps=eps_all[i: i + batch].to(device))
+            xt = q_sample(sched, x0, tt, eps=eps)
             mean = mu_tilde_from_eps(sched, xt, eps_model(xt, tt), tt)
             logvar = log_var[t].expand_as(x0)
-            term = decoder_nll_discrete(x0, mean, logvar) if t == 0 else kl_term(sched, x0, xt, tt, mean, logvar)
-            total[i: i + batch] += term.float().cpu()
-            per_t[t] += term.float().sum().cpu()
-    bpd = total / (dims * math.log(2))
+            term = (decoder_nll_discrete(x0, mean, logvar) if t == 0 else kl_term(sched, x0, xt, tt, mean, logvar))
+            term = term.float().cpu()
+            at = 0
+            for k in group:
+                m = rows[k].stop - rows[k].start
+                total[k] += term[at: at + m]
+                at += m
+            per_t[t] += term.double().sum()
+    gathered = distributed.gather_batches({k: (total[k], per_t if k == blocks[0] else None) for k in blocks}, d)
+    if gathered is None:
+        return None
+    bpd = torch.cat([tot for tot, _ in gathered]) / (dims * math.log(2))
+    per_t_all = sum(p for _, p in gathered if p is not None)
     return {"bits_per_dim": float(bpd.mean()), "se": float(bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
-            "n": n, "per_t_bits_per_dim": (per_t / n / (dims * math.log(2))).tolist()}
-
+            "n": n, "per_t_bits_per_dim": (per_t_all / n / (dims * math.log(2))).tolist()}

@@ -140,3 +140,47 @@ def test_sampling_on_two_processes_gives_the_same_samples(setup: dict) -> None:
     assert np.array_equal(one, two)  # batch k has its own seed: bit-identical for any number of processes
     other = sample_images(model, schedule, 10, batch=3, method="ddim", steps=4, seed=1, progress=False)
     assert not np.array_equal(one, other)
+
+
+BPD_SCRIPT = """
+import json, sys
+import numpy as np
+import torch
+from ddpm_lab import distributed, metrics
+from ddpm_lab.sample import eps_model_of, load_model
+metrics.NOISE_BLOCK = 2
+d, device = distributed.init("cpu")
+model, schedule = load_model(sys.argv[1])
+images = np.load(sys.argv[2])
+r = metrics.bits_per_dim_vlb(eps_model_of(model, bf16=False), schedule, images, batch=2, progress=False, dist=d)
+if d.main:
+    open(sys.argv[3], "w").write(json.dumps(r))
+else:
+    assert r is None
+distributed.close(d)
+"""
+
+
+def test_bits_per_dim_on_two_processes_equals_one(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from ddpm_lab import metrics
+    from ddpm_lab.sample import eps_model_of
+
+    tmp = setup["tmp"]
+    images = setup["images"][:7]  # blocks of 2, 2, 2, 1: rank 0 takes blocks 0 and 2, rank 1 takes 1 and 3
+    np.save(tmp / "bpd_images.npy", images)
+    (tmp / "bpd.py").write_text(BPD_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(tmp / "bpd.py"),
+           str(setup["one"]), str(tmp / "bpd_images.npy"), str(tmp / "bpd.json")]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads((tmp / "bpd.json").read_text())
+    monkeypatch.setattr(metrics, "NOISE_BLOCK", 2)
+    model, schedule = load_model(setup["one"])
+    one = metrics.bits_per_dim_vlb(eps_model_of(model, bf16=False), schedule, images, batch=2, progress=False)
+    assert two["n"] == one["n"] == 7
+    # the same images get the same noise; the per-image sums are added in another order
+    assert two["bits_per_dim"] == pytest.approx(one["bits_per_dim"], rel=1e-6)
+    assert np.allclose(two["per_t_bits_per_dim"], one["per_t_bits_per_dim"], rtol=1e-6)
+    assert two["se"] == pytest.approx(one["se"], rel=1e-5)

@@ -71,13 +71,14 @@ def test_inception_needs_the_package_and_the_weights(tmp_path):
             M.inception_features(fake_uint8(2))
 
 
-def test_bits_per_dim_is_stable_across_batch_sizes():
+def test_bits_per_dim_is_stable_across_batch_sizes(monkeypatch):
+    monkeypatch.setattr(M, "NOISE_BLOCK", 2)  # 7 images: blocks of 2, 2, 2, 1
     sched = NoiseSchedule.linear(T=4, beta_1=0.05, beta_T=0.5)
     eps = eps_model_of(tiny_model(), bf16=False)
-    imgs = fake_uint8(4)
+    imgs = fake_uint8(7)
     a = M.bits_per_dim_vlb(eps, sched, imgs, batch=1, progress=False)
-    b = M.bits_per_dim_vlb(eps, sched, imgs, batch=4, progress=False)
-    assert a["n"] == 4 and len(a["per_t_bits_per_dim"]) == 4
+    b = M.bits_per_dim_vlb(eps, sched, imgs, batch=6, progress=False)
+    assert a["n"] == 7 and len(a["per_t_bits_per_dim"]) == 4
     assert a["bits_per_dim"] == pytest.approx(b["bits_per_dim"], rel=1e-5)
     assert sum(a["per_t_bits_per_dim"]) < a["bits_per_dim"]  # L_T is the rest
     assert a["bits_per_dim"] > 0
