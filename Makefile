@@ -22,10 +22,11 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e . 2>&1 | { $(QUIET_PIP); }
 	touch $@
 
+# --all: an incremental build can leave stale titles in the sidebars of unchanged pages (seen by check-book)
 book: $(STAMP)
 	$(BIN)/python tools/fetch_assets.py
 	$(BIN)/python tools/book_config.py
-	$(BIN)/jupyter-book build . --config _build/_config.yml --warningiserror --keep-going --quiet
+	$(BIN)/jupyter-book build . --all --config _build/_config.yml --warningiserror --keep-going --quiet
 	@echo "book: open _build/html/index.html"
 
 # Open every page of the built book in headless Chromium (Debian's package, installed if missing) and
