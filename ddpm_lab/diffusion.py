@@ -3,7 +3,8 @@
 Equation numbers are those of Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models".
 Every function takes the :class:`~ddpm_lab.schedules.NoiseSchedule` first, then tensors whose first
 dimension is the batch, then ``t``: an int (the same timestep for the whole batch) or a 1-D tensor of
-per-example timesteps, indexed 0..T-1 (code index t is the paper's timestep t + 1).
+per-example timesteps, the paper's t in 1..T (0..T where t = 0 means x_0 itself, as in q(x_t | x_0)).
+A t outside a function's range raises a ValueError that names it.
 Coefficients are computed in float64 and cast to the dtype of the data they multiply.
 """
 
@@ -15,7 +16,7 @@ from typing import Callable, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .schedules import NoiseSchedule, extract
+from .schedules import NoiseSchedule, check_t, extract
 
 __all__ = [
     "q_step",
@@ -53,6 +54,12 @@ def _at(coef: torch.Tensor, t: Timestep, x: torch.Tensor) -> torch.Tensor:
     return extract(coef, t, x.shape).to(dtype=x.dtype, device=x.device)
 
 
+def _valid(schedule: NoiseSchedule, t: Timestep, first: int = 1) -> Timestep:
+    """``t`` itself, after checking that first <= t <= T (ValueError naming the value otherwise)."""
+    check_t(t, schedule.T, first)
+    return t
+
+
 def _noise_like(x: torch.Tensor, eps: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
     if eps is None:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -75,9 +82,10 @@ def q_step(
 ) -> torch.Tensor:
     """One forward step x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), Eq. 2.
 
-    ``x_prev`` is x_{t-1}; code index ``t`` uses ``betas[t]``. ``eps`` (standard normal, same shape)
-    may be passed to make the step a deterministic function of it.
+    ``x_prev`` is x_{t-1}, t in 1..T. ``eps`` (standard normal, same shape) may be passed to make the step a
+    deterministic function of it.
     """
+    _valid(schedule, t)
     eps = _noise_like(x_prev, eps, generator)
     beta_t = _at(schedule.betas, t, x_prev)
     return torch.sqrt(1.0 - beta_t) * x_prev + torch.sqrt(beta_t) * eps
@@ -86,8 +94,10 @@ def q_step(
 def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t: Timestep) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), Eq. 4.
 
-    The variance is returned broadcastable to ``x0``'s shape (shape ``(B, 1, ..., 1)`` or all ones).
+    t in 0..T (t = 0: mean x_0, variance 0). The variance is returned broadcastable to ``x0``'s shape
+    (shape ``(B, 1, ..., 1)`` or all ones).
     """
+    _valid(schedule, t, first=0)
     return torch.sqrt(_at(schedule.alpha_bars, t, x0)) * x0, _at(schedule.one_minus_alpha_bars, t, x0)
 
 
@@ -99,7 +109,8 @@ def q_sample(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Sample x_t ~ q(x_t | x_0) in one shot: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,
-    Eq. 4 (reparameterized as in Algorithm 1)."""
+    Eq. 4 (reparameterized as in Algorithm 1). t in 0..T; t = 0 returns x_0 (alpha_bar_0 = 1)."""
+    _valid(schedule, t, first=0)
     eps = _noise_like(x0, eps, generator)
     alpha_bar = _at(schedule.alpha_bars, t, x0)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, x0)
@@ -116,9 +127,10 @@ def q_posterior(
                       + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
         beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
 
-    At code index 0 (paper t = 1) the posterior is a point mass at x_0: mean x_0, variance 0.
+    t in 1..T. At t = 1 the posterior is a point mass at x_0: mean x_0, variance 0.
     The variance is returned broadcastable to ``x0``'s shape.
     """
+    _valid(schedule, t)
     _same_shape(x0, xt, "x0 and xt")
     mean = _at(schedule.posterior_mean_coef1, t, x0) * x0 + _at(schedule.posterior_mean_coef2, t, xt) * xt
     return mean, _at(schedule.beta_tildes, t, x0)
@@ -127,6 +139,7 @@ def q_posterior(
 def mu_tilde_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
     """The posterior mean written with the noise, Eq. 10 (and the model mean of Eq. 11):
     mu_tilde_t = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
+    _valid(schedule, t)
     _same_shape(xt, eps, "xt and eps")
     beta = _at(schedule.betas, t, xt)
     alpha = _at(schedule.alphas, t, xt)
@@ -136,6 +149,7 @@ def mu_tilde_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tens
 
 def predict_x0_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 4 for x_0: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (the x_0 used in Eq. 10)."""
+    _valid(schedule, t)
     _same_shape(xt, eps, "xt and eps")
     alpha_bar = _at(schedule.alpha_bars, t, xt)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
@@ -144,6 +158,7 @@ def predict_x0_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Te
 
 def predict_eps_from_x0(schedule: NoiseSchedule, xt: torch.Tensor, x0: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 4 for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
+    _valid(schedule, t)
     _same_shape(xt, x0, "xt and x0")
     alpha_bar = _at(schedule.alpha_bars, t, xt)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
@@ -153,11 +168,13 @@ def predict_eps_from_x0(schedule: NoiseSchedule, xt: torch.Tensor, x0: torch.Ten
 def score_from_eps(schedule: NoiseSchedule, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Score of q(x_t | x_0) (and, for the optimal predictor, of q(x_t)) from the noise:
     grad_{x_t} log q = -eps / sqrt(1 - alpha_bar_t) (Ho et al. 2020, Sec. 3.2, the link to score matching)."""
+    _valid(schedule, t)
     return -eps / torch.sqrt(_at(schedule.one_minus_alpha_bars, t, eps))
 
 
 def eps_from_score(schedule: NoiseSchedule, score: torch.Tensor, t: Timestep) -> torch.Tensor:
     """The inverse of :func:`score_from_eps`: eps = -sqrt(1 - alpha_bar_t) * score."""
+    _valid(schedule, t)
     return -torch.sqrt(_at(schedule.one_minus_alpha_bars, t, score)) * score
 
 
@@ -165,18 +182,21 @@ def v_from_x0_eps(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, 
     """The velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022, Sec. 4).
 
     With x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, (x_t, v) is a rotation of (x_0, eps)."""
+    _valid(schedule, t)
     _same_shape(x0, eps, "x0 and eps")
     return torch.sqrt(_at(schedule.alpha_bars, t, x0)) * eps - torch.sqrt(_at(schedule.one_minus_alpha_bars, t, x0)) * x0
 
 
 def x0_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (the inverse rotation)."""
+    _valid(schedule, t)
     _same_shape(xt, v, "xt and v")
     return torch.sqrt(_at(schedule.alpha_bars, t, xt)) * xt - torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) * v
 
 
 def eps_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v (the inverse rotation)."""
+    _valid(schedule, t)
     _same_shape(xt, v, "xt and v")
     return torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) * xt + torch.sqrt(_at(schedule.alpha_bars, t, xt)) * v
 
@@ -186,12 +206,14 @@ def x0_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: T
 
     Well conditioned at small t; at large t coef1 ~ beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t) is
     small, so errors in mu are amplified (the reason the mean is a poor thing for a network to predict)."""
+    _valid(schedule, t)
     _same_shape(xt, mu, "xt and mu")
     return (mu - _at(schedule.posterior_mean_coef2, t, xt) * xt) / _at(schedule.posterior_mean_coef1, t, xt)
 
 
 def eps_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 10 for the noise: eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t) / beta_t."""
+    _valid(schedule, t)
     _same_shape(xt, mu, "xt and mu")
     alpha = _at(schedule.alphas, t, xt)
     beta = _at(schedule.betas, t, xt)
@@ -214,7 +236,7 @@ def mu_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Tim
 # The reverse process and samplers
 # ---------------------------------------------------------------------------------------------
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""A noise predictor eps_theta(x_t, t): x_t of shape (B, ...) and code indices t of shape (B,)."""
+"""A noise predictor eps_theta(x_t, t): x_t of shape (B, ...) and timesteps t (1..T) of shape (B,)."""
 
 Variance = Literal["beta", "beta_tilde"]
 
@@ -228,6 +250,7 @@ def p_mean_variance(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor
     """Mean and variance of p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) from a predicted noise:
     mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) (Eq. 11) and sigma_t^2 = beta_t or
     beta_tilde_t, the two fixed choices of Sec. 3.2."""
+    _valid(schedule, t)
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
     var = schedule.betas if variance == "beta" else schedule.beta_tildes
@@ -238,10 +261,13 @@ def p_sample_step(schedule: NoiseSchedule, eps_model: EpsModel, xt: torch.Tensor
                   variance: Variance = "beta", generator: torch.Generator | None = None,
                   clip_x0: bool = False) -> torch.Tensor:
     """One step of Algorithm 2: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t) + sigma_t z,
-    with z ~ N(0, I), except at the last step (code index 0, the paper's t = 1) where z = 0.
+    with z ~ N(0, I), except at the last step t = 1 where z = 0. t in 1..T.
 
     ``clip_x0=True`` does what the official image code does (clip_denoised): the x_0 implied by eps_theta is
     clipped to [-1, 1] and the mean is the posterior mean mu_tilde(x_t, x_0) of Eq. 7 (identical when no clip)."""
+    _valid(schedule, t)
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
     eps = eps_model(xt, _batch_t(t, xt))
     if clip_x0:
         x0 = predict_x0_from_eps(schedule, xt, eps, t).clamp(-1.0, 1.0)
@@ -249,7 +275,7 @@ def p_sample_step(schedule: NoiseSchedule, eps_model: EpsModel, xt: torch.Tensor
         var = _at(schedule.betas if variance == "beta" else schedule.beta_tildes, t, xt)
     else:
         mean, var = p_mean_variance(schedule, eps, xt, t, variance)
-    if t == 0:
+    if t == 1:
         return mean
     z = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device=xt.device)
     return mean + torch.sqrt(var) * z
@@ -261,11 +287,11 @@ def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[
                      record: bool = False, progress: bool = False, x_T: torch.Tensor | None = None,
                      dtype: torch.dtype = torch.float64, clip_x0: bool = False
                      ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Algorithm 2: x_T ~ N(0, I), then T reverse steps. Returns x_0, or (x_0, trajectory) with
+    """Algorithm 2: x_T ~ N(0, I), then for t = T, ..., 1 a reverse step. Returns x_0, or (x_0, trajectory) with
     ``record=True`` where trajectory[i] is the paper's x_{T-i} (trajectory[0] = x_T, trajectory[-1] = x_0)."""
     x = torch.randn(shape, generator=generator, dtype=dtype) if x_T is None else x_T
     trajectory = [x] if record else []
-    for t in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="sampling", leave=False):
+    for t in tqdm(range(schedule.T, 0, -1), disable=not progress, desc="sampling", leave=False):
         x = p_sample_step(schedule, eps_model, x, t, variance, generator, clip_x0)
         if record:
             trajectory.append(x)
@@ -273,44 +299,46 @@ def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[
 
 
 def ddim_timesteps(T: int, num_steps: int) -> list[int]:
-    """An increasing, evenly strided subset tau of the code indices 0..T-1 with ``num_steps`` elements,
-    starting at 0 and ending at T - 1 (Song et al. 2021, Sec. 4.2)."""
+    """An increasing, evenly strided subset tau of the timesteps 1..T with ``num_steps`` elements, starting at
+    1 and ending at T (Song et al. 2021, Sec. 4.2); ``num_steps = 1`` gives [T]."""
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
     if num_steps == 1:
-        return [T - 1]
-    return sorted({round(i * (T - 1) / (num_steps - 1)) for i in range(num_steps)})
+        return [T]
+    return sorted({1 + round(i * (T - 1) / (num_steps - 1)) for i in range(num_steps)})
 
 
-def _alpha_bar_at(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
-    """(alpha_bar, 1 - alpha_bar) at code index t, with t = -1 meaning x_0 itself (alpha_bar = 1)."""
-    if t == -1:
-        return 1.0, 0.0
-    return schedule.alpha_bars[t].item(), schedule.one_minus_alpha_bars[t].item()
+def _check_pair(schedule: NoiseSchedule, t: int, t_prev: int) -> None:
+    if not (isinstance(t, int) and isinstance(t_prev, int) and 0 <= t_prev < t <= schedule.T):
+        raise ValueError(f"need integers 0 <= t_prev < t <= {schedule.T}, got t={t!r}, t_prev={t_prev!r}")
 
 
 def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
     """sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
-    (Song et al. 2021, Eq. 16); eta = 1 with t_prev = t - 1 is the DDPM posterior std sqrt(beta_tilde_t)."""
-    _, omab = _alpha_bar_at(schedule, t)
-    _, omab_prev = _alpha_bar_at(schedule, t_prev)
+    (Song et al. 2021, Eq. 16), for 0 <= t_prev < t <= T (t_prev = 0: the step to x_0, alpha_bar_0 = 1);
+    eta = 1 with t_prev = t - 1 is the DDPM posterior std sqrt(beta_tilde_t)."""
+    _check_pair(schedule, t, t_prev)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    omab = schedule.one_minus_alpha_bars[t].item()
+    omab_prev = schedule.one_minus_alpha_bars[t_prev].item()
     # 1 - alpha_bar_t / alpha_bar_prev = -expm1(log alpha_bar_t - log alpha_bar_prev): no cancellation at small t
-    log_ratio = schedule.log_alpha_bars[t].item() - (0.0 if t_prev == -1 else schedule.log_alpha_bars[t_prev].item())
+    log_ratio = schedule.log_alpha_bars[t].item() - schedule.log_alpha_bars[t_prev].item()
     return eta * (omab_prev / omab) ** 0.5 * max(-math.expm1(log_ratio), 0.0) ** 0.5
 
 
 def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
               generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
-    """One generalized DDIM step from code index t to t_prev < t (t_prev = -1: to x_0), Song et al. (2021), Eq. 12:
-    x_prev = sqrt(alpha_bar_prev) x0_pred + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z.
+    """One generalized DDIM step from t to t_prev, 0 <= t_prev < t <= T (t_prev = 0: to x_0), Song et al. (2021),
+    Eq. 12: x_prev = sqrt(alpha_bar_prev) x0_pred + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z.
     ``clip_x0`` clips x0_pred to [-1, 1] and uses the eps consistent with it (for image data)."""
-    if not -1 <= t_prev < t:
-        raise ValueError(f"need -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+    _check_pair(schedule, t, t_prev)
     x0_pred = predict_x0_from_eps(schedule, xt, eps, t)
     if clip_x0:
         x0_pred = x0_pred.clamp(-1.0, 1.0)
         eps = predict_eps_from_x0(schedule, xt, x0_pred, t)
-    ab_prev, omab_prev = _alpha_bar_at(schedule, t_prev)
+    ab_prev = schedule.alpha_bars[t_prev].item()
+    omab_prev = schedule.one_minus_alpha_bars[t_prev].item()
     sigma = ddim_sigma(schedule, t, t_prev, eta)
     out = ab_prev**0.5 * x0_pred + max(omab_prev - sigma**2, 0.0) ** 0.5 * eps
     if sigma > 0:
@@ -318,17 +346,24 @@ def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: i
     return out
 
 
+def _check_timesteps(schedule: NoiseSchedule, timesteps: list[int]) -> list[int]:
+    steps = [int(t) for t in timesteps]
+    if not steps or steps[0] < 1 or steps[-1] > schedule.T or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"timesteps must be a non-empty increasing list in [1, {schedule.T}], got {list(timesteps)}")
+    return steps
+
+
 @torch.no_grad()
 def sample_ddim(schedule: NoiseSchedule, eps_model: EpsModel, x_T: torch.Tensor, timesteps: list[int],
                 eta: float = 0.0, generator: torch.Generator | None = None, record: bool = False,
                 progress: bool = False, clip_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """DDIM sampling along the increasing code indices ``timesteps`` (e.g. :func:`ddim_timesteps`), from x_T at
-    timesteps[-1] down to x_0. eta = 0 is deterministic; eta = 1 on all T steps is ancestral sampling with
-    sigma_t^2 = beta_tilde_t."""
+    """DDIM sampling along the increasing timesteps ``timesteps`` in 1..T (e.g. :func:`ddim_timesteps`), from x_T at
+    t = timesteps[-1] down to x_0 (t = 0). eta = 0 is deterministic; eta = 1 on all T steps is ancestral sampling
+    with sigma_t^2 = beta_tilde_t."""
     x = x_T
     trajectory = [x] if record else []
-    steps = list(timesteps)
-    for t, t_prev in tqdm(list(zip(steps[::-1], steps[::-1][1:] + [-1])), disable=not progress, desc="DDIM", leave=False):
+    steps = _check_timesteps(schedule, timesteps)
+    for t, t_prev in tqdm(list(zip(steps[::-1], steps[::-1][1:] + [0])), disable=not progress, desc="DDIM", leave=False):
         x = ddim_step(schedule, eps_model(x, _batch_t(t, x)), x, t, t_prev, eta, generator, clip_x0)
         if record:
             trajectory.append(x)
@@ -342,14 +377,15 @@ def ddim_invert(schedule: NoiseSchedule, eps_model: EpsModel, x0: torch.Tensor, 
     current point (Song et al. 2021, Sec. 4.3: the probability-flow ODE discretized the other way). Inverting then
     sampling along the same timesteps returns x_0 up to the discretization error."""
     x = x0
-    steps = [-1] + list(timesteps)
+    steps = [0] + _check_timesteps(schedule, timesteps)
     for t, t_next in zip(steps[:-1], steps[1:]):
-        if t == -1:  # from x_0 to the first step: x0_pred is x_0 itself, eps is evaluated there
+        if t == 0:  # from x_0 to the first step: x0_pred is x_0 itself, eps is evaluated there
             eps = eps_model(x, _batch_t(t_next, x))
             x0_pred = x
         else:
             eps = eps_model(x, _batch_t(t, x))
             x0_pred = predict_x0_from_eps(schedule, x, eps, t)
-        ab_next, omab_next = _alpha_bar_at(schedule, t_next)
+        ab_next = schedule.alpha_bars[t_next].item()
+        omab_next = schedule.one_minus_alpha_bars[t_next].item()
         x = ab_next**0.5 * x0_pred + omab_next**0.5 * eps
     return x

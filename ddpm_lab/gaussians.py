@@ -1,7 +1,7 @@
 """Diagonal Gaussians: log-density and KL divergence, elementwise and in log-variance form.
 
 Working with log-variances keeps both functions finite for variances from 1e-30 to 1e30, which
-matters for the diffusion KLs: beta_tilde_t is ~1e-4 at small t and 0 at t = 0.
+matters for the diffusion KLs: beta_tilde_t is ~1e-4 at small t and 0 at t = 1.
 """
 
 from __future__ import annotations
@@ -182,9 +182,9 @@ class GaussianMixture:
 
     def diffused(self, schedule: "NoiseSchedule", t: int) -> "GaussianMixture":
         """The exact marginal q(x_t) = sum_k w_k N(sqrt(alpha_bar_t) mu_k, alpha_bar_t Sigma_k + (1 - alpha_bar_t) I)
-        at code index t (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Ho et al. Eq. 4, with
-        x_0 from this mixture: a sum of independent Gaussians within each component)."""
-        a, s2 = self._coefs(schedule, t)
+        at timestep t in 0..T (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Ho et al. Eq. 4, with
+        x_0 from this mixture: a sum of independent Gaussians within each component; t = 0 is the data itself)."""
+        a, s2 = self._coefs(schedule, t, first=0)
         cache: dict[tuple[float, float], GaussianMixture] = self._diffused_cache  # type: ignore[attr-defined]
         if (a, s2) not in cache:
             if len(cache) > 4096:
@@ -193,17 +193,17 @@ class GaussianMixture:
             cache[(a, s2)] = GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s2 * eye)
         return cache[(a, s2)]
 
-    def _coefs(self, schedule: "NoiseSchedule", t: int) -> tuple[float, float]:
+    def _coefs(self, schedule: "NoiseSchedule", t: int, first: int = 1) -> tuple[float, float]:
         if isinstance(t, torch.Tensor):
             if t.numel() != 1:
                 raise ValueError(f"t must be a single timestep (one for the whole batch), got shape {tuple(t.shape)}")
             t = int(t.item())
-        if not isinstance(t, int) or not 0 <= t < schedule.T:
-            raise ValueError(f"t must be a single timestep in [0, {schedule.T - 1}], got {t}")
+        if isinstance(t, bool) or not isinstance(t, int) or not first <= t <= schedule.T:
+            raise ValueError(f"t must be a single timestep in [{first}, {schedule.T}], got {t!r}")
         return math.sqrt(schedule.alpha_bars[t].item()), schedule.one_minus_alpha_bars[t].item()
 
     def diffused_score(self, schedule: "NoiseSchedule", xt: torch.Tensor, t: int) -> torch.Tensor:
-        """grad log q(x_t), the exact score of the diffused marginal."""
+        """grad log q(x_t), the exact score of the diffused marginal, t in 0..T."""
         return self.diffused(schedule, t).score(xt)
 
     def posterior_mean_x0(self, schedule: "NoiseSchedule", xt: torch.Tensor, t: int) -> torch.Tensor:
@@ -211,7 +211,7 @@ class GaussianMixture:
 
         Within component k, (x_0, x_t) is jointly Gaussian with x_t = a x_0 + s eps (a = sqrt(alpha_bar_t),
         s^2 = 1 - alpha_bar_t), so E[x_0 | x_t, k] = mu_k + a Sigma_k (a^2 Sigma_k + s^2 I)^{-1} (x_t - a mu_k);
-        the components are weighted by p(k | x_t) under the diffused mixture.
+        the components are weighted by p(k | x_t) under the diffused mixture. t in 1..T.
         """
         xt = self._x(xt)
         a, _ = self._coefs(schedule, t)
@@ -222,6 +222,7 @@ class GaussianMixture:
         return (q_t.responsibilities(xt).unsqueeze(-1) * cond_means).sum(-2)
 
     def eps_star(self, schedule: "NoiseSchedule", xt: torch.Tensor, t: int) -> torch.Tensor:
-        """The optimal noise prediction E[eps | x_t] = (x_t - sqrt(alpha_bar_t) E[x_0 | x_t]) / sqrt(1 - alpha_bar_t)."""
+        """The optimal noise prediction E[eps | x_t] = (x_t - sqrt(alpha_bar_t) E[x_0 | x_t]) / sqrt(1 - alpha_bar_t),
+        t in 1..T."""
         a, s2 = self._coefs(schedule, t)
         return (self._x(xt) - a * self.posterior_mean_x0(schedule, xt, t)) / math.sqrt(s2)

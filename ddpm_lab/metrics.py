@@ -215,28 +215,35 @@ NOISE_BLOCK = 50  # images that share one noise generator per timestep in bits_p
 def bits_per_dim_vlb(eps_model: EpsModel, schedule: NoiseSchedule, images: np.ndarray, batch: int = 250,
                      seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
                      dist: distributed.Dist | None = None) -> dict[str, float | int | list] | None:
-    """The bound of Eq. 5 in bits/dim on uint8 images (N, H, W, C): L_T + sum of the T - 1 KLs + the
-    discretized decoder L_0, with p_theta(x_{t-1} | x_t) = N(mu_theta, beta_t) (Eq. 11, sigma_t^2 = beta_t; at
-    t = 1 the decoder's variance is beta_tilde_2, as in the official code). One draw of x_t per timestep
+    """The bound of Eq. 5 in bits/dim on uint8 images (N, H, W, C): L_T + the T - 1 KLs L_{t-1} (t = 2..T) + the
+    discretized decoder L_0 (t = 1), with p_theta(x_{t-1} | x_t) = N(mu_theta, beta_t) (Eq. 11, sigma_t^2 = beta_t;
+    at t = 1 the decoder's variance is beta_tilde_2, as in the official code). One draw of x_t per timestep
     and image. The images are cut into blocks of NOISE_BLOCK; the noise of block k at timestep t comes from
     its own seed (seed, t, k), so neither the batch size nor the number of processes changes the result.
-    Returns the mean, its standard error, N, and the per-timestep means (bits/dim) for a rate plot.
+    Returns the mean, its standard error, N, and ``terms_bits_per_dim``: T + 1 means in bits/dim, entry j the
+    term L_j (j = 0..T, entry T is L_T; they sum to the bound), for a rate plot.
 
     With ``dist`` (under torchrun), rank r evaluates blocks r, r + N, ...; rank 0 gathers the per-image
     bounds and returns the result, the other ranks return None."""
     d = dist or distributed.Dist()
     x_all = to_model_space(torch.from_numpy(images).permute(0, 3, 1, 2))
     n, dims = x_all.shape[0], x_all[0].numel()
+    T = schedule.T
     sched = schedule.to(device)
-    log_var = torch.log(torch.cat([sched.beta_tildes[1:2], sched.betas[1:]])).float()
+    # sigma_t^2 = beta_t for t >= 2; the decoder at t = 1 uses beta_tilde_2 (beta_tilde_1 = 0). Index t, [0] unused.
+    log_var = sched.posterior_log_variance_clipped.clone()
+    log_var[2:] = torch.log(sched.betas[2:])
+    log_var = log_var.float()
     blocks = list(range(d.rank, math.ceil(n / NOISE_BLOCK), d.world))  # this rank's share
     per_batch = max(1, batch // NOISE_BLOCK)
     groups = [blocks[i: i + per_batch] for i in range(0, len(blocks), per_batch)]
     rows = {k: slice(k * NOISE_BLOCK, min(n, (k + 1) * NOISE_BLOCK)) for k in blocks}
-    total = {k: prior_term(sched, x_all[rows[k]].double().to(device)).float().cpu() for k in blocks}
-    per_t = torch.zeros(schedule.T, dtype=torch.float64)
+    prior = {k: prior_term(sched, x_all[rows[k]].double().to(device)).float().cpu() for k in blocks}
+    total = {k: prior[k].clone() for k in blocks}
+    terms = torch.zeros(T + 1, dtype=torch.float64)  # terms[j] = sum over this rank's images of L_j
+    terms[T] = sum(p.double().sum() for p in prior.values()) if blocks else 0.0
     g = torch.Generator()
-    for t in tqdm(range(schedule.T), disable=not (progress and d.main), desc="bits/dim"):
+    for t in tqdm(range(1, T + 1), disable=not (progress and d.main), desc="bits/dim"):
         for group in groups:
             x0 = torch.cat([x_all[rows[k]] for k in group]).to(device)
             eps = torch.cat([torch.randn(x_all[rows[k]].shape, generator=g.manual_seed(seed * 1_000_003 + t * 10_007 + k))
@@ -245,18 +252,18 @@ def bits_per_dim_vlb(eps_model: EpsModel, schedule: NoiseSchedule, images: np.nd
             xt = q_sample(sched, x0, tt, eps=eps)
             mean = mu_tilde_from_eps(sched, xt, eps_model(xt, tt), tt)
             logvar = log_var[t].expand_as(x0)
-            term = (decoder_nll_discrete(x0, mean, logvar) if t == 0 else kl_term(sched, x0, xt, tt, mean, logvar))
+            term = (decoder_nll_discrete(x0, mean, logvar) if t == 1 else kl_term(sched, x0, xt, tt, mean, logvar))
             term = term.float().cpu()
             at = 0
             for k in group:
                 m = rows[k].stop - rows[k].start
                 total[k] += term[at: at + m]
                 at += m
-            per_t[t] += term.double().sum()
-    gathered = distributed.gather_batches({k: (total[k], per_t if k == blocks[0] else None) for k in blocks}, d)
+            terms[t - 1] += term.double().sum()
+    gathered = distributed.gather_batches({k: (total[k], terms if k == blocks[0] else None) for k in blocks}, d)
     if gathered is None:
         return None
     bpd = torch.cat([tot for tot, _ in gathered]) / (dims * math.log(2))
-    per_t_all = sum(p for _, p in gathered if p is not None)
+    terms_all = sum(p for _, p in gathered if p is not None)
     return {"bits_per_dim": float(bpd.mean()), "se": float(bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
-            "n": n, "per_t_bits_per_dim": (per_t_all / n / (dims * math.log(2))).tolist()}
+            "n": n, "terms_bits_per_dim": (terms_all / n / (dims * math.log(2))).tolist()}

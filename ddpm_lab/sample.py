@@ -24,6 +24,7 @@ from . import distributed
 from .data import to_uint8
 from .diffusion import EpsModel, ddim_timesteps, sample_ancestral, sample_ddim
 from .schedules import NoiseSchedule
+from .train import read_checkpoint
 from .unet import PRESETS, UNet
 
 __all__ = ["load_model", "eps_model_of", "sample_images", "image_grid", "save_png", "main"]
@@ -32,7 +33,7 @@ __all__ = ["load_model", "eps_model_of", "sample_images", "image_grid", "save_pn
 def load_model(ckpt: str | os.PathLike[str], device: str | torch.device = "cpu", ema: bool = True
                ) -> tuple[UNet, NoiseSchedule]:
     """The U-Net (EMA weights by default, as the paper samples) and its schedule, from a trainer checkpoint."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt)
     cfg = state["config"]
     model = UNet(PRESETS[cfg["model"]])
     model.load_state_dict(state["ema" if ema else "model"])
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     d, device = distributed.init(args.device)  # a no-op unless started by torchrun
     try:
-        model, schedule = load_model(args.ckpt, device, ema=not args.raw)
+        try:
+            model, schedule = load_model(args.ckpt, device, ema=not args.raw)
+        except (ValueError, FileNotFoundError) as exc:  # a plain one-line message, not a traceback
+            raise SystemExit(f"error: {exc}") from None
         images = sample_images(model, schedule, args.n, args.batch, args.method, args.steps, args.eta, args.seed,
                                progress=not args.no_progress, dist=d)
         if images is not None:  # rank 0

@@ -1,9 +1,11 @@
 """Noise schedules and the per-timestep coefficients of the forward process.
 
-Index convention (the one thing to remember): the paper numbers timesteps 1..T; code indexes them
-0..T-1, so ``betas[t]`` is the paper's beta_{t+1}, and ``alpha_bars_prev[0] = 1`` stands for
-alpha_bar_0 (no noise at all, x_0 itself). Every coefficient is computed once, in float64, and
-read through :func:`extract`, which casts it to the caller's dtype (float32 for models).
+Timesteps are the paper's: t runs 1..T, and every per-timestep array has length T + 1 with ``arr[t]``
+the quantity at step t (so ``alpha_bars[t - 1]`` is alpha_bar_{t-1}). Index 0 holds the value at t = 0
+where the paper defines one (alpha_bar_0 = 1, 1 - alpha_bar_0 = 0, log alpha_bar_0 = 0, SNR_0 = inf)
+and NaN where it does not (beta_0, alpha_0, beta_tilde_0, the posterior coefficients at 0), so reading
+it by accident poisons the result; every function also checks its t range. Every coefficient is
+computed once, in float64, and read through :func:`extract`, which casts it to the caller's dtype.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ __all__ = ["linear_betas", "cosine_betas", "NoiseSchedule", "extract", "check_t"
 
 
 def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
-    """Linearly increasing variances beta_1..beta_T, Ho et al. (2020), Sec. 4 (1e-4 to 0.02, T = 1000)."""
+    """Linearly increasing variances beta_1..beta_T, Ho et al. (2020), Sec. 4 (1e-4 to 0.02, T = 1000).
+
+    The T values, in order, as :class:`NoiseSchedule` takes them (element i is beta_{i+1}); read them by
+    the paper's t from a schedule: ``NoiseSchedule(linear_betas(T)).betas[t]``."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     if not 0.0 < beta_1 <= beta_T < 1.0:
@@ -29,7 +34,8 @@ def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> t
 def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Cosine schedule of Nichol & Dhariwal (2021), Eq. 17:
     alpha_bar(t) = f(t) / f(0), f(t) = cos(((t / T) + s) / (1 + s) * pi / 2)^2,
-    beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at ``max_beta`` (their Sec. 3.2)."""
+    beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at ``max_beta`` (their Sec. 3.2).
+    The T values beta_1..beta_T, as :class:`NoiseSchedule` takes them."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     if not 0.0 < max_beta < 1.0:
@@ -42,31 +48,30 @@ def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> to
 
 @dataclass(frozen=True, eq=False)
 class NoiseSchedule:
-    """Every per-timestep quantity of the forward process, computed once in float64 from ``betas``.
+    """Every per-timestep quantity of the forward process, computed once in float64.
 
-    Attributes (all shape ``(T,)``, index t = paper's t + 1):
-      betas            beta_t, variance of q(x_t | x_{t-1}), Eq. 2
-      alphas           alpha_t = 1 - beta_t
-      alpha_bars       alpha_bar_t = prod_{s <= t} alpha_s, Eq. 4
-      log_alpha_bars   log alpha_bar_t = sum_{s <= t} log(1 - beta_s), for ratios of alpha_bars at full precision
-      alpha_bars_prev  alpha_bar_{t-1}, with alpha_bar_0 = 1
-      one_minus_alpha_bars, one_minus_alpha_bars_prev  1 - alpha_bar_t and 1 - alpha_bar_{t-1}, to full
-                       relative precision (use these, not 1 - alpha_bars)
-      beta_tildes      posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t, Eq. 7
-      posterior_log_variance_clipped  log beta_tilde_t, with index 0 (where beta_tilde = 0) set to
-                       index 1's value so the log is finite (as in improved-diffusion)
-      posterior_mean_coef1  sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t), multiplies x_0 in Eq. 7
-      posterior_mean_coef2  sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), multiplies x_t
-      snr              signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021)
+    Built from ``betas``, the T variances (beta_1, ..., beta_T). Every attribute has shape ``(T + 1,)`` and
+    is indexed by the paper's t; the entry at t = 0 is given in brackets:
+      betas            beta_t, variance of q(x_t | x_{t-1}), Eq. 2                      [NaN]
+      alphas           alpha_t = 1 - beta_t                                             [NaN]
+      alpha_bars       alpha_bar_t = prod_{s <= t} alpha_s, Eq. 4                       [1: the empty product]
+      log_alpha_bars   log alpha_bar_t = sum_{s <= t} log(1 - beta_s), for ratios at full precision  [0]
+      one_minus_alpha_bars  1 - alpha_bar_t to full relative precision (use it, not 1 - alpha_bars)  [0]
+      beta_tildes      posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t, Eq. 7; 0 at t = 1  [NaN]
+      posterior_log_variance_clipped  log beta_tilde_t, with t = 1 (where beta_tilde_1 = 0) set to
+                       log beta_tilde_2 so the log is finite (as in improved-diffusion)  [NaN]
+      posterior_mean_coef1  sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t), multiplies x_0 in Eq. 7  [NaN]
+      posterior_mean_coef2  sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), multiplies x_t  [NaN]
+      snr              signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021)  [inf]
+
+    ``alpha_bars[t - 1]`` is alpha_bar_{t-1}; over all t at once, ``alpha_bars[:-1]`` lines up with ``betas[1:]``.
     """
 
     betas: torch.Tensor
     alphas: torch.Tensor = field(init=False)
     alpha_bars: torch.Tensor = field(init=False)
     log_alpha_bars: torch.Tensor = field(init=False)
-    alpha_bars_prev: torch.Tensor = field(init=False)
     one_minus_alpha_bars: torch.Tensor = field(init=False)
-    one_minus_alpha_bars_prev: torch.Tensor = field(init=False)
     beta_tildes: torch.Tensor = field(init=False)
     posterior_log_variance_clipped: torch.Tensor = field(init=False)
     posterior_mean_coef1: torch.Tensor = field(init=False)
@@ -76,37 +81,43 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         betas = torch.as_tensor(self.betas, dtype=torch.float64).detach().cpu().clone()
         if betas.ndim != 1 or betas.numel() == 0:
-            raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
+            raise ValueError(f"betas must be a non-empty 1-D sequence beta_1..beta_T, got shape {tuple(betas.shape)}")
+        if betas.numel() > 1 and torch.isnan(betas[0]) and not torch.isnan(betas[1:]).any():
+            raise ValueError("betas[0] is NaN: pass the T values beta_1..beta_T (for a schedule s, s.betas[1:]), "
+                             "not an array indexed by t")
         bad = ~((betas > 0) & (betas < 1))
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise ValueError(f"betas must lie in (0, 1), got betas[{i}] = {betas[i].item()}")
-        alphas = 1.0 - betas
+            raise ValueError(f"betas must lie in (0, 1), got beta_{i + 1} = {betas[i].item()}")
+        T = betas.numel()
+        nan = torch.full((1,), math.nan, dtype=torch.float64)
+        zero = torch.zeros(1, dtype=torch.float64)
         # alpha_bar_t = prod_s (1 - beta_s) = exp(sum_s log1p(-beta_s)). 1 - alpha_bar_t is taken as
         # -expm1(...) rather than subtracted from 1: at t = 1 it is ~1e-4, and 1 - cumprod would lose
         # four of float64's sixteen digits there (every coefficient below divides by it).
-        log_alpha_bars = torch.cumsum(torch.log1p(-betas), dim=0)
-        alpha_bars = torch.exp(log_alpha_bars)
+        log_alpha_bars = torch.cat([zero, torch.cumsum(torch.log1p(-betas), dim=0)])  # [0] = log alpha_bar_0 = 0
+        alpha_bars = torch.exp(log_alpha_bars)  # [0] = 1 exactly
         one_minus_alpha_bars = -torch.expm1(log_alpha_bars)
-        zero = torch.zeros(1, dtype=torch.float64)
-        alpha_bars_prev = torch.cat([zero + 1.0, alpha_bars[:-1]])
-        one_minus_alpha_bars_prev = torch.cat([zero, one_minus_alpha_bars[:-1]])
-        beta_tildes = one_minus_alpha_bars_prev / one_minus_alpha_bars * betas
-        # beta_tilde at index 0 is exactly 0 (x_0 is known given x_0): clip the log to index 1's value.
-        log_var = torch.log(torch.cat([beta_tildes[1:2], beta_tildes[1:]]) if len(betas) > 1 else betas)
+        one_minus_alpha_bars[0] = 0.0  # +0 exactly (-expm1(0) is -0.0, which would make SNR_0 = -inf)
+        betas = torch.cat([nan, betas])
+        alphas = 1.0 - betas
+        # For t = 1..T (index 1:) the coefficients of Eq. 7; alpha_bars[:-1] is alpha_bar_{t-1}.
+        omab, omab_prev = one_minus_alpha_bars[1:], one_minus_alpha_bars[:-1]
+        beta_tildes = torch.cat([nan, omab_prev / omab * betas[1:]])  # beta_tilde_1 = 0 exactly: x_0 given x_0
+        # log beta_tilde_1 = -inf: clip it to log beta_tilde_2 (T = 1 has no t = 2: use log beta_1).
+        log_var = torch.log(beta_tildes[1:])
+        log_var[0] = log_var[1] if T > 1 else torch.log(betas[1])
         values = dict(
             betas=betas,
             alphas=alphas,
             alpha_bars=alpha_bars,
             log_alpha_bars=log_alpha_bars,
-            alpha_bars_prev=alpha_bars_prev,
             one_minus_alpha_bars=one_minus_alpha_bars,
-            one_minus_alpha_bars_prev=one_minus_alpha_bars_prev,
             beta_tildes=beta_tildes,
-            posterior_log_variance_clipped=log_var,
-            posterior_mean_coef1=alpha_bars_prev.sqrt() * betas / one_minus_alpha_bars,
-            posterior_mean_coef2=alphas.sqrt() * one_minus_alpha_bars_prev / one_minus_alpha_bars,
-            snr=alpha_bars / one_minus_alpha_bars,
+            posterior_log_variance_clipped=torch.cat([nan, log_var]),
+            posterior_mean_coef1=torch.cat([nan, alpha_bars[:-1].sqrt() * betas[1:] / omab]),
+            posterior_mean_coef2=torch.cat([nan, alphas[1:].sqrt() * omab_prev / omab]),
+            snr=alpha_bars / one_minus_alpha_bars,  # [0] = 1 / 0 = inf
         )
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -134,7 +145,8 @@ class NoiseSchedule:
     # Coefficients -----------------------------------------------------------------------------
     @property
     def T(self) -> int:
-        return self.betas.shape[0]
+        """The number of steps T (every per-timestep array has T + 1 entries, t = 0..T)."""
+        return self.betas.shape[0] - 1
 
     def to(self, device: str | torch.device) -> "NoiseSchedule":
         """The same schedule with every coefficient (still float64) on ``device``, so that reading them in a
@@ -146,29 +158,33 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         b = self.betas
-        return f"NoiseSchedule(T={self.T}, beta_1={b[0].item():.3g}, beta_T={b[-1].item():.3g})"
+        return f"NoiseSchedule(T={self.T}, beta_1={b[1].item():.3g}, beta_T={b[-1].item():.3g})"
 
 
-def check_t(t: int | torch.Tensor, T: int) -> torch.Tensor:
-    """Return ``t`` as an int64 tensor, raising ``ValueError`` (naming the value) unless 0 <= t <= T - 1."""
+def check_t(t: int | torch.Tensor, T: int, first: int = 1) -> torch.Tensor:
+    """Return ``t`` as an int64 tensor, raising ``ValueError`` (naming the value and the range) unless
+    first <= t <= T. ``first`` is 1 for most quantities (the paper's t = 1..T) and 0 where t = 0 means x_0
+    itself (q(x_t | x_0), the diffused marginal)."""
+    where = f"[{first}, {T}]"
     if isinstance(t, bool) or (isinstance(t, float)):
-        raise ValueError(f"t must be an integer timestep in [0, {T - 1}], got {t!r}")
+        raise ValueError(f"t must be an integer timestep in {where}, got {t!r}")
     t_tensor = torch.as_tensor(t)
     if t_tensor.dtype.is_floating_point or t_tensor.dtype == torch.bool:
-        raise ValueError(f"t must be an integer timestep in [0, {T - 1}], got dtype {t_tensor.dtype}")
+        raise ValueError(f"t must be an integer timestep in {where}, got dtype {t_tensor.dtype}")
     t_tensor = t_tensor.long()
     if t_tensor.ndim > 1:
         raise ValueError(f"t must be a scalar or a 1-D batch of timesteps, got shape {tuple(t_tensor.shape)}")
     # The range check reads values on the host; for an accelerator tensor that would force a sync
-    # in every training step, so it is skipped there (out-of-range indexing fails on the device).
-    if t_tensor.device.type == "cpu" and t_tensor.numel() and (t_tensor.min() < 0 or t_tensor.max() > T - 1):
-        bad = t_tensor[(t_tensor < 0) | (t_tensor > T - 1)].flatten()[0].item()
-        raise ValueError(f"t must be in [0, {T - 1}], got {bad}")
+    # in every training step, so it is skipped there (the NaN entries at t = 0 still poison a misuse).
+    if t_tensor.device.type == "cpu" and t_tensor.numel() and (t_tensor.min() < first or t_tensor.max() > T):
+        bad = t_tensor[(t_tensor < first) | (t_tensor > T)].flatten()[0].item()
+        raise ValueError(f"t must be in {where}, got {bad}")
     return t_tensor
 
 
 def extract(coef: torch.Tensor, t: int | torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Read ``coef[t]`` and shape it to broadcast against a batch of shape ``shape``.
+    """Read ``coef[t]`` (a per-timestep array of length T + 1, so t in 0..T) and shape it to broadcast
+    against a batch of shape ``shape``.
 
     ``t`` is a scalar (one timestep for the whole batch; the result has shape ``(1,) * len(shape)``)
     or a 1-D tensor of length ``shape[0]`` (one timestep per example; the result has shape
@@ -178,7 +194,7 @@ def extract(coef: torch.Tensor, t: int | torch.Tensor, shape: Sequence[int]) -> 
     shape = tuple(shape)
     if len(shape) == 0:
         raise ValueError("shape must have at least one dimension (the batch)")
-    t_tensor = check_t(t, coef.shape[0])
+    t_tensor = check_t(t, coef.shape[0] - 1, first=0)
     device = t.device if isinstance(t, torch.Tensor) else coef.device
     if t_tensor.ndim == 0:
         return coef.to(device)[t_tensor.to(device)].reshape((1,) * len(shape))

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .diffusion import eps_from_mu, mu_tilde_from_eps, q_sample
 from .elbo import term_at
 from .gaussians import GaussianMixture
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, check_t
 
 __all__ = ["mixture", "two_moons", "spiral", "sinusoidal_embedding", "MLPDenoiser", "TrainConfig", "train",
            "model_mean_logvar", "eps_model_of"]
@@ -97,7 +97,8 @@ def model_mean_logvar(schedule: NoiseSchedule, net: nn.Module, xt: torch.Tensor,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """p_theta(x_{t-1} | x_t) = N(mean, exp(logvar)) from the network output, for elbo.term_at: an eps-predictor
     goes through Eq. 11, a mean-predictor is the mean; the variance is beta_t or beta_tilde_t (clipped log at
-    t = 0, where beta_tilde is 0)."""
+    t = 1, where beta_tilde_1 is 0). t in 1..T."""
+    t = check_t(t, schedule.T)
     out = net(xt, t)
     mean = mu_tilde_from_eps(schedule, xt, out, t) if parameterization == "eps" else out
     log_var = torch.log(schedule.betas) if variance == "beta" else schedule.posterior_log_variance_clipped
@@ -127,10 +128,10 @@ def _loss(schedule: NoiseSchedule, net: nn.Module, x0: torch.Tensor, cfg: TrainC
           g: torch.Generator) -> torch.Tensor:
     if cfg.objective == "vlb":
         model = lambda xt, t: model_mean_logvar(schedule, net, xt, t, cfg.parameterization, cfg.variance)  # noqa: E731
-        t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+        t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=g)
         return schedule.T * term_at(schedule, model, x0, t, g).mean()
     # Algorithm 1: t ~ Uniform({1..T}), eps ~ N(0, I), gradient step on ||eps - eps_theta(x_t, t)||^2
-    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+    t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=g)
     eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
     xt = q_sample(schedule, x0, t, eps=eps)
     out = net(xt, t)

@@ -10,7 +10,8 @@ loop (the loss is accumulated on the device and read every ``log_every`` steps).
 
 A run is a directory: ``config.json``, ``metrics.jsonl`` (one JSON line per log step), ``ckpt.pt`` (model, EMA,
 optimizer, scheduler, step, RNG states, config; written atomically every ``ckpt_every`` steps and at the end).
-``--resume`` continues from ``ckpt.pt`` exactly where it stopped.
+``--resume`` continues from ``ckpt.pt`` exactly where it stopped. A checkpoint records its timestep convention
+(``"t_convention": "paper"``: the network was trained on the paper's t = 1..T); one without it is refused.
 
 Several GPUs: ``torchrun --nproc_per_node N -m ddpm_lab.train ...`` (see ddpm_lab/distributed.py). ``--batch`` stays
 the global batch; each of the N processes takes a disjoint B/N slice of every step's batch, DistributedDataParallel
@@ -44,7 +45,28 @@ from .diffusion import q_sample
 from .schedules import NoiseSchedule
 from .unet import PRESETS, UNet, count_parameters
 
-__all__ = ["TrainConfig", "PRESETS_TRAIN", "Trainer", "main"]
+__all__ = ["TrainConfig", "PRESETS_TRAIN", "Trainer", "main", "read_checkpoint", "T_CONVENTION"]
+
+T_CONVENTION = "paper"  # the network's t input is the paper's timestep 1..T (stored in every checkpoint)
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a trainer checkpoint with ``weights_only=True`` (tensors and plain types only: a file that would run
+    code is refused) and check that its network was trained on the paper's timesteps t = 1..T."""
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # pickle.UnpicklingError and friends: anything that is not tensors and plain types
+        raise ValueError(f"{path} is not a ddpm_lab checkpoint that loads with weights_only=True: "
+                         f"{str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or "config" not in ck:
+        raise ValueError(f"{path} is not a ddpm_lab trainer checkpoint (no 'config')")
+    convention = ck.get("t_convention")
+    if convention != T_CONVENTION:
+        raise ValueError(f"{path} has t_convention={convention!r}, expected {T_CONVENTION!r}: it was written by an "
+                         "older ddpm_lab whose network took t - 1 as its timestep input; retrain it")
+    return ck
 
 
 @dataclass
@@ -166,11 +188,11 @@ class Trainer:
         return x0.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x0
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """L_simple (Eq. 14): t ~ U{0..T-1}, eps ~ N(0, I), ||eps - eps_theta(x_t, t)||^2 (mean over pixels).
+        """L_simple (Eq. 14): t ~ Uniform{1..T}, eps ~ N(0, I), ||eps - eps_theta(x_t, t)||^2 (mean over pixels).
 
         t and eps are drawn for the global batch and sliced, like the images."""
         B = self.cfg.batch
-        t = torch.randint(0, self.cfg.T, (B,), device=self.device, generator=self.gen)[self.local]
+        t = torch.randint(1, self.cfg.T + 1, (B,), device=self.device, generator=self.gen)[self.local]
         eps = torch.randn((B, *x0.shape[1:]), device=self.device, generator=self.gen, dtype=x0.dtype)[self.local]
         if self.cfg.channels_last:
             eps = eps.contiguous(memory_format=torch.channels_last)
@@ -198,7 +220,7 @@ class Trainer:
                 "sched": self.sched.state_dict(), "step": self.step, "images_seen": self.images_seen,
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else None,
-                "config": dataclasses.asdict(self.cfg)}
+                "config": dataclasses.asdict(self.cfg), "t_convention": T_CONVENTION}
 
     def save(self) -> Path:
         """Write ckpt.pt atomically (rank 0 only: every rank holds the same model, EMA and optimizer)."""
@@ -208,7 +230,7 @@ class Trainer:
         return path
 
     def load(self, path: str | os.PathLike[str]) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        ck = read_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt"])
@@ -362,7 +384,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.resume:
             if not ckpt.exists():
                 raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-            trainer.load(ckpt)
+            try:
+                trainer.load(ckpt)
+            except ValueError as exc:
+                raise SystemExit(f"error: {exc}") from None
         if d.main:
             where = f"{d.world} processes ({device.type})" if d.active else str(trainer.device)
             print(f"{count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "

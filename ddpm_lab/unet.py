@@ -104,7 +104,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): images (B, C, H, W) in [-1, 1] scale and code-index timesteps (B,) -> predicted noise."""
+    """eps_theta(x_t, t): images (B, C, H, W) in [-1, 1] scale and timesteps t (B,), the paper's 1..T -> predicted noise."""
 
     def __init__(self, cfg: UNetConfig = UNetConfig()) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ def test_cifar10_unet_has_the_papers_35_7M_parameters():
 
 def test_unet_shapes_channels_last_and_bf16():
     net = UNet(PRESETS["tiny"])
-    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 999])
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 1000])
     assert net(x, t).shape == x.shape
     net = net.to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -38,7 +38,7 @@ def test_unet_learns_a_step():
     """The zero-initialised output layer must still receive gradient, so one step changes the output."""
     torch.manual_seed(0)
     net = UNet(PRESETS["tiny"])
-    x, t = torch.randn(4, 3, 32, 32), torch.randint(0, 1000, (4,))
+    x, t = torch.randn(4, 3, 32, 32), torch.randint(1, 1001, (4,))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     before = net(x, t).detach()
     (net(x, t) - x).square().mean().backward()
@@ -176,3 +176,61 @@ def test_archive_subset_is_class_balanced(tmp_path):
 def test_cli_without_data_exits_with_a_plain_message(tmp_path):
     with pytest.raises(SystemExit, match="error: CIFAR-10 not found"):
         main(["--preset", "tiny-cpu", "--root", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+
+
+# -- the paper's t in the trainer, and checkpoints that say so ----------------------------------------
+def _tiny_trainer(tmp_path, steps=2):
+    import dataclasses
+
+    images, _ = fake_images(16)
+    cfg = dataclasses.replace(PRESETS_TRAIN["tiny-cpu"], steps=steps, log_every=1, ckpt_every=100, batch=4, T=5)
+    return Trainer(cfg, images, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_trainer_draws_t_uniformly_from_1_to_T(tmp_path):
+    tr = _tiny_trainer(tmp_path)
+    seen = []
+    net = tr.forward
+    tr.forward = lambda x, t: (seen.append(t.clone()), net(x, t))[1]
+    x0 = tr.batch()
+    for _ in range(100):
+        tr.loss(x0)
+    t = torch.cat(seen)  # 400 draws from {1..5}
+    assert int(t.min()) == 1 and int(t.max()) == 5
+
+
+def test_checkpoint_records_the_t_convention_and_old_ones_are_refused(tmp_path, capsys):
+    from ddpm_lab.sample import load_model, main as sample_main
+    from ddpm_lab.train import T_CONVENTION, read_checkpoint
+
+    tr = _tiny_trainer(tmp_path)
+    tr.run()
+    path = tmp_path / "run" / "ckpt.pt"
+    ck = read_checkpoint(path)
+    assert ck["t_convention"] == T_CONVENTION == "paper"
+    model, sched = load_model(path)
+    assert sched.T == 5
+    old = dict(ck)
+    del old["t_convention"]  # what an older ddpm_lab wrote: its network took t - 1
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"t_convention=None, expected 'paper'.*retrain"):
+        load_model(tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"t_convention=None"):
+        _tiny_trainer(tmp_path / "b").load(tmp_path / "old.pt")
+    with pytest.raises(SystemExit, match=r"^error: .*t_convention=None"):
+        sample_main(["--ckpt", str(tmp_path / "old.pt"), "--device", "cpu", "--no-progress"])
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    from ddpm_lab.sample import load_model
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"config": {}, "t_convention": "paper", "x": _RunsCode()}, bad)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_model(bad)
+    assert "this pickle ran code" not in capsys.readouterr().out

@@ -60,7 +60,7 @@ def train_args(s: dict, run_dir: Path, steps: int, *extra: str) -> list[str]:
 
 def max_gap(a: Path, b: Path, key: str = "model") -> tuple[float, float]:
     """The largest |weight difference| between two checkpoints, and the tolerance for that comparison."""
-    sa, sb = (torch.load(p, weights_only=False) for p in (a, b))
+    sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
     gap = max((sa[key][n].float() - sb[key][n].float()).abs().max().item() for n in sa[key])
     largest = max(v.float().abs().max().item() for v in sa[key].values())
     tol = sa["step"] * 8 * torch.finfo(torch.float32).eps * largest
@@ -126,7 +126,7 @@ def test_checkpoints_resume_under_another_number_of_processes(setup: dict) -> No
         for key in ("model", "ema"):
             gap, tol = max_gap(setup["one"], run / "ckpt.pt", key)
             assert gap <= tol, f"{run.name} {key}: {gap:.3g} > {tol:.3g}"
-        assert torch.load(run / "ckpt.pt", weights_only=False)["step"] == STEPS
+        assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == STEPS
 
 
 def test_sampling_on_two_processes_gives_the_same_samples(setup: dict) -> None:
@@ -182,5 +182,5 @@ def test_bits_per_dim_on_two_processes_equals_one(setup: dict, monkeypatch: pyte
     assert two["n"] == one["n"] == 7
     # the same images get the same noise; the per-image sums are added in another order
     assert two["bits_per_dim"] == pytest.approx(one["bits_per_dim"], rel=1e-6)
-    assert np.allclose(two["per_t_bits_per_dim"], one["per_t_bits_per_dim"], rtol=1e-6)
+    assert np.allclose(two["terms_bits_per_dim"], one["terms_bits_per_dim"], rtol=1e-6)
     assert two["se"] == pytest.approx(one["se"], rel=1e-5)

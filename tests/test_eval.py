@@ -78,9 +78,15 @@ def test_bits_per_dim_is_stable_across_batch_sizes(monkeypatch):
     imgs = fake_uint8(7)
     a = M.bits_per_dim_vlb(eps, sched, imgs, batch=1, progress=False)
     b = M.bits_per_dim_vlb(eps, sched, imgs, batch=6, progress=False)
-    assert a["n"] == 7 and len(a["per_t_bits_per_dim"]) == 4
+    assert a["n"] == 7 and len(a["terms_bits_per_dim"]) == 5  # L_0, L_1, L_2, L_3, L_T = L_4
     assert a["bits_per_dim"] == pytest.approx(b["bits_per_dim"], rel=1e-5)
-    assert sum(a["per_t_bits_per_dim"]) < a["bits_per_dim"]  # L_T is the rest
+    assert np.allclose(a["terms_bits_per_dim"], b["terms_bits_per_dim"], rtol=1e-5)
+    assert sum(a["terms_bits_per_dim"]) == pytest.approx(a["bits_per_dim"], rel=1e-5)  # the terms add up to the bound
+    # L_T from its closed form, independently of the loop: KL(N(sqrt(ab) x0, 1 - ab) || N(0, 1)) per dimension
+    ab = sched.alpha_bars[4].item()
+    x0 = imgs.astype(np.float64) / 127.5 - 1
+    kl = 0.5 * (ab * x0**2 + (1 - ab) - 1 - np.log(1 - ab))
+    assert a["terms_bits_per_dim"][4] == pytest.approx(kl.sum((1, 2, 3)).mean() / (x0[0].size * np.log(2)), rel=1e-5)
     assert a["bits_per_dim"] > 0
 
 

@@ -59,7 +59,7 @@ def test_diffused_marginal_matches_q_sample_of_samples():
 
 def test_posterior_mean_equals_tweedie_with_autograd_score():
     """E[x0 | x_t] = (x_t + (1 - alpha_bar) grad log q(x_t)) / sqrt(alpha_bar): two independent routes."""
-    for t in [0, 10, 300, 999]:
+    for t in [1, 11, 301, 1000]:
         xt = X.clone().requires_grad_(True)
         (score,) = torch.autograd.grad(GM.diffused(SCHED, t).log_prob(xt).sum(), xt)
         ab, omab = SCHED.alpha_bars[t].item(), SCHED.one_minus_alpha_bars[t].item()
@@ -88,5 +88,11 @@ def test_bad_input_raises():
         GaussianMixture(torch.tensor([1.0]), torch.zeros(2, 2), torch.ones(2, 2))
     with pytest.raises(ValueError, match="x must end in dimension d=2"):
         GM.log_prob(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"t must be a single timestep in \[0, 999\], got 1000"):
-        GM.diffused(SCHED, 1000)
+    with pytest.raises(ValueError, match=r"t must be a single timestep in \[0, 1000\], got 1001"):
+        GM.diffused(SCHED, 1001)
+    with pytest.raises(ValueError, match=r"t must be a single timestep in \[1, 1000\], got 0"):
+        GM.eps_star(SCHED, X, 0)
+    with pytest.raises(ValueError, match=r"t must be a single timestep in \[1, 1000\], got 0"):
+        GM.posterior_mean_x0(SCHED, X, 0)
+    q0 = GM.diffused(SCHED, 0)  # t = 0: the data distribution itself
+    exact_check(q0.log_prob(X), GM.log_prob(X)).assert_ok()

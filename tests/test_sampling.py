@@ -40,9 +40,9 @@ def test_sampling_with_a_wrong_eps_coefficient_fails_the_check():
         return (xt - math.sqrt(b) / math.sqrt(omab) * eps) / math.sqrt(a)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4000, 2, generator=g, dtype=torch.float64)
-    for t in range(SCHED.T - 1, -1, -1):
+    for t in range(SCHED.T, 0, -1):  # t = T, ..., 1 as in Algorithm 2 (no noise at t = 1)
         x = wrong_step(x, t) + (math.sqrt(SCHED.betas[t].item()) * torch.randn(x.shape, generator=g, dtype=x.dtype)
-                                if t > 0 else 0)
+                                if t > 1 else 0)
     assert not mc_mean_check(x, (GM.weights[:, None] * GM.means).sum(0)).passed
 
 
@@ -52,8 +52,9 @@ def test_record_returns_the_whole_trajectory():
 
 
 def test_ddim_eta_one_has_the_ddpm_posterior_variance():
-    sig = torch.tensor([D.ddim_sigma(SCHED, t, t - 1, 1.0) ** 2 for t in range(SCHED.T)], dtype=torch.float64)
-    exact_check(sig, SCHED.beta_tildes, name="sigma^2(eta=1) = beta_tilde").assert_ok()
+    sig = torch.tensor([D.ddim_sigma(SCHED, t, t - 1, 1.0) ** 2 for t in range(1, SCHED.T + 1)], dtype=torch.float64)
+    exact_check(sig, SCHED.beta_tildes[1:], name="sigma^2(eta=1) = beta_tilde").assert_ok()
+    assert D.ddim_sigma(SCHED, 1, 0, 1.0) == 0.0  # the last step, to x_0: beta_tilde_1 = 0
     assert D.ddim_sigma(SCHED, 10, 9, 0.0) == 0.0
 
 
@@ -75,12 +76,21 @@ def test_ddim_eta0_is_deterministic_and_invertible_with_the_exact_denoiser():
 
 
 def test_ddim_timesteps():
-    assert D.ddim_timesteps(1000, 5) == [0, 250, 500, 749, 999]
-    assert D.ddim_timesteps(10, 10) == list(range(10))
+    assert D.ddim_timesteps(1000, 5) == [1, 251, 501, 750, 1000]
+    assert D.ddim_timesteps(10, 10) == list(range(1, 11))
+    assert D.ddim_timesteps(10, 1) == [10]
     with pytest.raises(ValueError, match=r"num_steps must be in \[1, 10\], got 0"):
         D.ddim_timesteps(10, 0)
     with pytest.raises(ValueError, match="t_prev"):
         D.ddim_step(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 5, 5)
+    with pytest.raises(ValueError, match=r"need integers 0 <= t_prev < t <= 200, got t=5, t_prev=-1"):
+        D.ddim_step(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 5, -1)
+    with pytest.raises(ValueError, match=r"got t=201, t_prev=0"):
+        D.ddim_sigma(SCHED, 201, 0, 1.0)
+    with pytest.raises(ValueError, match=r"timesteps must be a non-empty increasing list in \[1, 200\]"):
+        D.sample_ddim(SCHED, exact_eps, torch.zeros(1, 2, dtype=torch.float64), [0, 100, 200])
+    with pytest.raises(ValueError, match=r"t must be in \[1, 200\], got 0"):
+        D.p_sample_step(SCHED, exact_eps, torch.zeros(1, 2, dtype=torch.float64), 0)
     with pytest.raises(ValueError, match="variance must be"):
         D.p_mean_variance(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 3, variance="learned")
 
@@ -93,5 +103,21 @@ def test_clipping_x0_is_a_no_op_when_nothing_needs_clipping_and_bounds_otherwise
     b = D.p_sample_step(SCHED, small, xt, 5, generator=g2, clip_x0=True)
     exact_check(a, b, ulps=1e3, name="clip is a no-op inside [-1, 1]").assert_ok()
     huge = lambda x, t: torch.full_like(x, -50.0)  # noqa: E731  (x0_pred far outside the data range)
-    x0 = D.ddim_step(SCHED, huge(xt, None), xt, 10, -1, clip_x0=True)
+    x0 = D.ddim_step(SCHED, huge(xt, None), xt, 10, 0, clip_x0=True)
     assert x0.abs().max() <= 1.0 + 1e-12
+
+
+def test_algorithm_2_runs_t_from_T_down_to_1_and_adds_no_noise_at_t1():
+    seen = []
+
+    def spy(xt, t):
+        seen.append(int(t[0]))
+        return torch.zeros_like(xt)
+    D.sample_ancestral(SCHED, spy, (3, 2), generator=torch.Generator().manual_seed(0))
+    assert seen == list(range(SCHED.T, 0, -1))
+    xt = torch.full((3, 2), 0.5, dtype=torch.float64)
+    out = D.p_sample_step(SCHED, spy, xt, 1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, xt / math.sqrt(SCHED.alphas[1].item()))  # the mean, eps = 0, and no noise at t = 1
+    seen.clear()
+    D.sample_ddim(SCHED, spy, xt, [1, 50, 200])
+    assert seen == [200, 50, 1]

@@ -53,9 +53,12 @@ def test_mean_parameterization_and_vlb_objective_run():
                                               variance="beta_tilde", progress=False))
     assert len(cfg.losses) == 5 and all(math.isfinite(v) for v in cfg.losses)
     xt = torch.randn(4, 2, dtype=torch.float64)
-    t = torch.tensor([0, 1, 50, 99])
+    t = torch.tensor([1, 2, 50, 100])
     mean, logvar = model_mean_logvar(SCHED, net, xt, t, "mu", "beta_tilde")
     assert mean.shape == logvar.shape == (4, 2) and torch.isfinite(logvar).all()
+    assert logvar[0, 0].item() == pytest.approx(math.log(SCHED.beta_tildes[2].item()))  # clipped at t = 1
+    with pytest.raises(ValueError, match=r"t must be in \[1, 100\], got 0"):
+        model_mean_logvar(SCHED, net, xt, torch.tensor([0, 1, 2, 3]), "eps", "beta")
     assert eps_model_of(SCHED, net, "mu")(xt, t).shape == (4, 2)
 
 
@@ -64,3 +67,16 @@ def test_bad_config_raises():
         train(MLPDenoiser(), lambda n, g: two_moons(n, g), SCHED, TrainConfig(steps=1, parameterization="x0"))
     with pytest.raises(ValueError, match="k >= 1"):
         mixture(k=0)
+
+
+def test_algorithm_1_draws_the_papers_t_uniformly_from_1_to_T():
+    class Spy(MLPDenoiser):
+        def forward(self, xt, t):
+            seen.append(t.clone())
+            return super().forward(xt, t)
+    seen: list = []
+    train(Spy(hidden=8, layers=1), lambda n, g: two_moons(n, g), SCHED,
+          TrainConfig(steps=40, batch=256, progress=False, seed=1))
+    t = torch.cat(seen)
+    assert int(t.min()) == 1 and int(t.max()) == SCHED.T  # 10,240 draws: each of 100 values ~100 times
+    assert torch.bincount(t, minlength=SCHED.T + 1)[0] == 0
