@@ -11,6 +11,7 @@ Coefficients are computed in float64 and cast to the dtype of the data they mult
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Literal
 
 import torch
@@ -308,16 +309,24 @@ def ddim_timesteps(T: int, num_steps: int) -> list[int]:
     return sorted({1 + round(i * (T - 1) / (num_steps - 1)) for i in range(num_steps)})
 
 
-def _check_pair(schedule: NoiseSchedule, t: int, t_prev: int) -> None:
-    if not (isinstance(t, int) and isinstance(t_prev, int) and 0 <= t_prev < t <= schedule.T):
+def _check_pair(schedule: NoiseSchedule, t: int, t_prev: int) -> tuple[int, int]:
+    """(t, t_prev) as Python ints (numpy and 0-d torch integers accepted), checked: 0 <= t_prev < t <= T."""
+    try:
+        if isinstance(t, bool) or isinstance(t_prev, bool):
+            raise TypeError
+        t, t_prev = operator.index(t), operator.index(t_prev)
+    except TypeError:
+        raise ValueError(f"t and t_prev must be integers, got t={t!r}, t_prev={t_prev!r}") from None
+    if not 0 <= t_prev < t <= schedule.T:
         raise ValueError(f"need integers 0 <= t_prev < t <= {schedule.T}, got t={t!r}, t_prev={t_prev!r}")
+    return t, t_prev
 
 
 def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
     """sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
     (Song et al. 2021, Eq. 16), for 0 <= t_prev < t <= T (t_prev = 0: the step to x_0, alpha_bar_0 = 1);
     eta = 1 with t_prev = t - 1 is the DDPM posterior std sqrt(beta_tilde_t)."""
-    _check_pair(schedule, t, t_prev)
+    t, t_prev = _check_pair(schedule, t, t_prev)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     omab = schedule.one_minus_alpha_bars[t].item()
@@ -332,7 +341,7 @@ def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: i
     """One generalized DDIM step from t to t_prev, 0 <= t_prev < t <= T (t_prev = 0: to x_0), Song et al. (2021),
     Eq. 12: x_prev = sqrt(alpha_bar_prev) x0_pred + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z.
     ``clip_x0`` clips x0_pred to [-1, 1] and uses the eps consistent with it (for image data)."""
-    _check_pair(schedule, t, t_prev)
+    t, t_prev = _check_pair(schedule, t, t_prev)
     x0_pred = predict_x0_from_eps(schedule, xt, eps, t)
     if clip_x0:
         x0_pred = x0_pred.clamp(-1.0, 1.0)

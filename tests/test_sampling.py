@@ -85,6 +85,9 @@ def test_ddim_timesteps():
         D.ddim_step(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 5, 5)
     with pytest.raises(ValueError, match=r"need integers 0 <= t_prev < t <= 200, got t=5, t_prev=-1"):
         D.ddim_step(SCHED, torch.zeros(1, 2), torch.zeros(1, 2), 5, -1)
+    assert D.ddim_sigma(SCHED, torch.tensor(10), np.int64(9), 1.0) == D.ddim_sigma(SCHED, 10, 9, 1.0)
+    with pytest.raises(ValueError, match=r"t and t_prev must be integers, got t=10.0"):
+        D.ddim_sigma(SCHED, 10.0, 9, 1.0)
     with pytest.raises(ValueError, match=r"got t=201, t_prev=0"):
         D.ddim_sigma(SCHED, 201, 0, 1.0)
     with pytest.raises(ValueError, match=r"timesteps must be a non-empty increasing list in \[1, 200\]"):
