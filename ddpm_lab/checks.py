@@ -83,6 +83,8 @@ class CheckResult:
 def _worst(name: str, estimate: np.ndarray, expected: np.ndarray, tol: np.ndarray, how: str,
            rounding_level: bool = False) -> CheckResult:
     estimate, expected, tol = np.broadcast_arrays(estimate, expected, tol)
+    if estimate.size == 0:
+        raise ValueError(f"{name}: nothing to compare (empty arrays, shape {estimate.shape})")
     ratio = np.abs(estimate - expected) / np.where(tol > 0, tol, np.finfo(np.float64).tiny)
     i = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.ndim else ()
     passed = bool(np.all(np.abs(estimate - expected) <= tol))
@@ -134,6 +136,8 @@ def ks_check(
     """
     x = _np(samples).ravel()
     n = x.size
+    if n < 1:
+        raise ValueError("KS test needs at least 1 sample, got 0")
     result = stats.kstest(x, cdf, method="exact" if n <= 10_000 else "asymp")
     d_crit = float(stats.kstwo.ppf(1.0 - alpha, n))
     return CheckResult(name, float(result.statistic), 0.0, d_crit, bool(result.statistic <= d_crit),
@@ -197,6 +201,8 @@ def at_least_check(value: ArrayLike, lower: ArrayLike, slack: ArrayLike, how: st
     """A one-sided check: value >= lower - slack (e.g. a variational bound against the true NLL, with slack
     from its standard error). Reports the worst component; prints as "value vs lower (margin ..., slack ...)"."""
     v, lo, sl = np.broadcast_arrays(_np(value), _np(lower), _np(slack))
+    if v.size == 0:
+        raise ValueError(f"{name}: nothing to compare (empty arrays, shape {v.shape})")
     margin = v - lo
     i = np.unravel_index(int(np.argmin(margin + sl)), margin.shape) if margin.ndim else ()
     passed = bool(np.all(margin >= -sl))
@@ -288,6 +294,8 @@ def ols(X: ArrayLike, y: ArrayLike) -> OLSFit:
     if X_.ndim != 2 or y_.shape != (X_.shape[0],):
         raise ValueError(f"need X of shape (n, p) and y of shape (n,), got {X_.shape} and {y_.shape}")
     n, p = X_.shape
+    if n <= p:
+        raise ValueError(f"need more rows than columns to estimate the residual variance, got X of shape {X_.shape}")
     coef, *_ = np.linalg.lstsq(X_, y_, rcond=None)
     resid = y_ - X_ @ coef
     s2 = float(resid @ resid / (n - p))

@@ -11,6 +11,7 @@ Coefficients are computed in float64 and cast to the dtype of the data they mult
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Callable, Literal
 
@@ -61,17 +62,28 @@ def _valid(schedule: NoiseSchedule, t: Timestep, first: int = 1) -> Timestep:
     return t
 
 
+def _data(**tensors: torch.Tensor) -> None:
+    """Check that each named tensor is floating point (the coefficients are cast to the data's dtype, so integer
+    images would make every coefficient 0) and that they all have the same shape. Dtypes and shapes only: no
+    host sync."""
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a floating-point tensor, got {got}: scale integer images to float in "
+                             "[-1, 1] first (ddpm_lab.data.to_model_space)")
+    (a, x), *rest = tensors.items()
+    for b, y in rest:
+        if y.shape != x.shape:
+            raise ValueError(f"{a} and {b} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def _noise_like(x: torch.Tensor, eps: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
     if eps is None:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    _data(eps=eps)
     if eps.shape != x.shape:
         raise ValueError(f"eps has shape {tuple(eps.shape)} but x has shape {tuple(x.shape)}")
     return eps
-
-
-def _same_shape(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{names} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def q_step(
@@ -87,6 +99,7 @@ def q_step(
     deterministic function of it.
     """
     _valid(schedule, t)
+    _data(x_prev=x_prev)
     eps = _noise_like(x_prev, eps, generator)
     beta_t = _at(schedule.betas, t, x_prev)
     return torch.sqrt(1.0 - beta_t) * x_prev + torch.sqrt(beta_t) * eps
@@ -99,6 +112,7 @@ def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t: Timestep) -> t
     (shape ``(B, 1, ..., 1)`` or all ones).
     """
     _valid(schedule, t, first=0)
+    _data(x0=x0)
     return torch.sqrt(_at(schedule.alpha_bars, t, x0)) * x0, _at(schedule.one_minus_alpha_bars, t, x0)
 
 
@@ -112,6 +126,7 @@ def q_sample(
     """Sample x_t ~ q(x_t | x_0) in one shot: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,
     Eq. 4 (reparameterized as in Algorithm 1). t in 0..T; t = 0 returns x_0 (alpha_bar_0 = 1)."""
     _valid(schedule, t, first=0)
+    _data(x0=x0)
     eps = _noise_like(x0, eps, generator)
     alpha_bar = _at(schedule.alpha_bars, t, x0)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, x0)
@@ -132,7 +147,7 @@ def q_posterior(
     The variance is returned broadcastable to ``x0``'s shape.
     """
     _valid(schedule, t)
-    _same_shape(x0, xt, "x0 and xt")
+    _data(x0=x0, xt=xt)
     mean = _at(schedule.posterior_mean_coef1, t, x0) * x0 + _at(schedule.posterior_mean_coef2, t, xt) * xt
     return mean, _at(schedule.beta_tildes, t, x0)
 
@@ -141,7 +156,7 @@ def mu_tilde_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tens
     """The posterior mean written with the noise, Eq. 10 (and the model mean of Eq. 11):
     mu_tilde_t = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)."""
     _valid(schedule, t)
-    _same_shape(xt, eps, "xt and eps")
+    _data(xt=xt, eps=eps)
     beta = _at(schedule.betas, t, xt)
     alpha = _at(schedule.alphas, t, xt)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
@@ -151,7 +166,7 @@ def mu_tilde_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tens
 def predict_x0_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 4 for x_0: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (the x_0 used in Eq. 10)."""
     _valid(schedule, t)
-    _same_shape(xt, eps, "xt and eps")
+    _data(xt=xt, eps=eps)
     alpha_bar = _at(schedule.alpha_bars, t, xt)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
     return (xt - torch.sqrt(one_minus_alpha_bar) * eps) / torch.sqrt(alpha_bar)
@@ -160,7 +175,7 @@ def predict_x0_from_eps(schedule: NoiseSchedule, xt: torch.Tensor, eps: torch.Te
 def predict_eps_from_x0(schedule: NoiseSchedule, xt: torch.Tensor, x0: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 4 for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
     _valid(schedule, t)
-    _same_shape(xt, x0, "xt and x0")
+    _data(xt=xt, x0=x0)
     alpha_bar = _at(schedule.alpha_bars, t, xt)
     one_minus_alpha_bar = _at(schedule.one_minus_alpha_bars, t, xt)
     return (xt - torch.sqrt(alpha_bar) * x0) / torch.sqrt(one_minus_alpha_bar)
@@ -170,12 +185,14 @@ def score_from_eps(schedule: NoiseSchedule, eps: torch.Tensor, t: Timestep) -> t
     """Score of q(x_t | x_0) (and, for the optimal predictor, of q(x_t)) from the noise:
     grad_{x_t} log q = -eps / sqrt(1 - alpha_bar_t) (Ho et al. 2020, Sec. 3.2, the link to score matching)."""
     _valid(schedule, t)
+    _data(eps=eps)
     return -eps / torch.sqrt(_at(schedule.one_minus_alpha_bars, t, eps))
 
 
 def eps_from_score(schedule: NoiseSchedule, score: torch.Tensor, t: Timestep) -> torch.Tensor:
     """The inverse of :func:`score_from_eps`: eps = -sqrt(1 - alpha_bar_t) * score."""
     _valid(schedule, t)
+    _data(score=score)
     return -torch.sqrt(_at(schedule.one_minus_alpha_bars, t, score)) * score
 
 
@@ -184,21 +201,21 @@ def v_from_x0_eps(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, 
 
     With x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, (x_t, v) is a rotation of (x_0, eps)."""
     _valid(schedule, t)
-    _same_shape(x0, eps, "x0 and eps")
+    _data(x0=x0, eps=eps)
     return torch.sqrt(_at(schedule.alpha_bars, t, x0)) * eps - torch.sqrt(_at(schedule.one_minus_alpha_bars, t, x0)) * x0
 
 
 def x0_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (the inverse rotation)."""
     _valid(schedule, t)
-    _same_shape(xt, v, "xt and v")
+    _data(xt=xt, v=v)
     return torch.sqrt(_at(schedule.alpha_bars, t, xt)) * xt - torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) * v
 
 
 def eps_from_v(schedule: NoiseSchedule, xt: torch.Tensor, v: torch.Tensor, t: Timestep) -> torch.Tensor:
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v (the inverse rotation)."""
     _valid(schedule, t)
-    _same_shape(xt, v, "xt and v")
+    _data(xt=xt, v=v)
     return torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) * xt + torch.sqrt(_at(schedule.alpha_bars, t, xt)) * v
 
 
@@ -208,14 +225,14 @@ def x0_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: T
     Well conditioned at small t; at large t coef1 ~ beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t) is
     small, so errors in mu are amplified (the reason the mean is a poor thing for a network to predict)."""
     _valid(schedule, t)
-    _same_shape(xt, mu, "xt and mu")
+    _data(xt=xt, mu=mu)
     return (mu - _at(schedule.posterior_mean_coef2, t, xt) * xt) / _at(schedule.posterior_mean_coef1, t, xt)
 
 
 def eps_from_mu(schedule: NoiseSchedule, xt: torch.Tensor, mu: torch.Tensor, t: Timestep) -> torch.Tensor:
     """Invert Eq. 10 for the noise: eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t) / beta_t."""
     _valid(schedule, t)
-    _same_shape(xt, mu, "xt and mu")
+    _data(xt=xt, mu=mu)
     alpha = _at(schedule.alphas, t, xt)
     beta = _at(schedule.betas, t, xt)
     return (xt - torch.sqrt(alpha) * mu) * torch.sqrt(_at(schedule.one_minus_alpha_bars, t, xt)) / beta
@@ -267,6 +284,7 @@ def p_sample_step(schedule: NoiseSchedule, eps_model: EpsModel, xt: torch.Tensor
     ``clip_x0=True`` does what the official image code does (clip_denoised): the x_0 implied by eps_theta is
     clipped to [-1, 1] and the mean is the posterior mean mu_tilde(x_t, x_0) of Eq. 7 (identical when no clip)."""
     _valid(schedule, t)
+    _data(xt=xt)
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
     eps = eps_model(xt, _batch_t(t, xt))
@@ -290,7 +308,10 @@ def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[
                      ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Algorithm 2: x_T ~ N(0, I), then for t = T, ..., 1 a reverse step. Returns x_0, or (x_0, trajectory) with
     ``record=True`` where trajectory[i] is the paper's x_{T-i} (trajectory[0] = x_T, trajectory[-1] = x_0)."""
+    if x_T is None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     x = torch.randn(shape, generator=generator, dtype=dtype) if x_T is None else x_T
+    _data(x_T=x)
     trajectory = [x] if record else []
     for t in tqdm(range(schedule.T, 0, -1), disable=not progress, desc="sampling", leave=False):
         x = p_sample_step(schedule, eps_model, x, t, variance, generator, clip_x0)
@@ -302,6 +323,8 @@ def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[
 def ddim_timesteps(T: int, num_steps: int) -> list[int]:
     """An increasing, evenly strided subset tau of the timesteps 1..T with ``num_steps`` elements, starting at
     1 and ending at T (Song et al. 2021, Sec. 4.2); ``num_steps = 1`` gives [T]."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise ValueError(f"num_steps must be an integer in [1, {T}], got {num_steps!r}")
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
     if num_steps == 1:
@@ -327,8 +350,8 @@ def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> floa
     (Song et al. 2021, Eq. 16), for 0 <= t_prev < t <= T (t_prev = 0: the step to x_0, alpha_bar_0 = 1);
     eta = 1 with t_prev = t - 1 is the DDPM posterior std sqrt(beta_tilde_t)."""
     t, t_prev = _check_pair(schedule, t, t_prev)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta < math.inf:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     omab = schedule.one_minus_alpha_bars[t].item()
     omab_prev = schedule.one_minus_alpha_bars[t_prev].item()
     # 1 - alpha_bar_t / alpha_bar_prev = -expm1(log alpha_bar_t - log alpha_bar_prev): no cancellation at small t
@@ -356,7 +379,12 @@ def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, xt: torch.Tensor, t: i
 
 
 def _check_timesteps(schedule: NoiseSchedule, timesteps: list[int]) -> list[int]:
-    steps = [int(t) for t in timesteps]
+    try:  # integers only (numpy and 0-d torch integers too): int(2.5) would truncate silently
+        if any(isinstance(t, bool) for t in timesteps):
+            raise TypeError
+        steps = [operator.index(t) for t in timesteps]
+    except TypeError:
+        raise ValueError(f"timesteps must be integers in [1, {schedule.T}], got {list(timesteps)}") from None
     if not steps or steps[0] < 1 or steps[-1] > schedule.T or any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"timesteps must be a non-empty increasing list in [1, {schedule.T}], got {list(timesteps)}")
     return steps
@@ -369,6 +397,7 @@ def sample_ddim(schedule: NoiseSchedule, eps_model: EpsModel, x_T: torch.Tensor,
     """DDIM sampling along the increasing timesteps ``timesteps`` in 1..T (e.g. :func:`ddim_timesteps`), from x_T at
     t = timesteps[-1] down to x_0 (t = 0). eta = 0 is deterministic; eta = 1 on all T steps is ancestral sampling
     with sigma_t^2 = beta_tilde_t."""
+    _data(x_T=x_T)
     x = x_T
     trajectory = [x] if record else []
     steps = _check_timesteps(schedule, timesteps)
@@ -385,6 +414,7 @@ def ddim_invert(schedule: NoiseSchedule, eps_model: EpsModel, x0: torch.Tensor, 
     x_next = sqrt(alpha_bar_next) x0_pred + sqrt(1 - alpha_bar_next) eps_theta(x, t), evaluating the model at the
     current point (Song et al. 2021, Sec. 4.3: the probability-flow ODE discretized the other way). Inverting then
     sampling along the same timesteps returns x_0 up to the discretization error."""
+    _data(x0=x0)
     x = x0
     steps = [0] + _check_timesteps(schedule, timesteps)
     for t, t_next in zip(steps[:-1], steps[1:]):

@@ -19,6 +19,7 @@ continuous decoder p_theta(x_0 | x_1) (the discrete decoder of Eq. 13 comes with
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -43,12 +44,19 @@ __all__ = [
 ReverseModel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError if a CPU tensor holds NaN or inf (skipped on accelerators, where reading it would sync)."""
+    if x.device.type == "cpu" and not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, got {x[~torch.isfinite(x)].flatten()[0].item()}")
+
+
 def _sum_dims(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1) if x.ndim > 1 else x
 
 
 def prior_term(schedule: NoiseSchedule, x0: torch.Tensor) -> torch.Tensor:
     """L_T = KL(q(x_T | x_0) || N(0, I)) per example, shape (B,). No parameters: a constant (Sec. 3.1)."""
+    _check_finite("x0", x0)
     mean, var = q_mean_variance(schedule, x0, schedule.T)
     zero = torch.zeros_like(x0)
     return _sum_dims(normal_kl(mean, torch.log(var).expand_as(x0), zero, zero))
@@ -84,6 +92,7 @@ def term_at(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tensor, t: t
     and L_{t-1} (the KL) at t >= 2. Shape (B,)."""
     if decoder not in ("continuous", "discrete"):
         raise ValueError(f"decoder must be 'continuous' or 'discrete', got {decoder!r}")
+    _check_finite("x0", x0)
     t = check_t(t, schedule.T).expand(x0.shape[0]) if torch.as_tensor(t).ndim == 0 else check_t(t, schedule.T)
     xt = q_sample(schedule, x0, t, eps=eps, generator=generator)
     mean, logvar = model(xt, t)
@@ -131,12 +140,17 @@ def vlb_importance(schedule: NoiseSchedule, model: ReverseModel, x0: torch.Tenso
     if probs[0] != 0 or not (probs[1:] > 0).all() or abs(probs.sum().item() - 1) > 1e-9:
         raise ValueError(f"probs must have probs[0] = 0 and probs[1..{T}] positive, summing to 1; got probs[0] = "
                          f"{probs[0].item()}, min over t >= 1 = {probs[1:].min().item()}, sum = {probs.sum().item()}")
-    t = torch.multinomial(probs, x0.shape[0], replacement=True, generator=generator)
+    B = x0.shape[0]  # multinomial refuses 0 draws: an empty batch gives an empty estimate
+    t = torch.multinomial(probs, B, replacement=True, generator=generator) if B else torch.zeros(0, dtype=torch.long)
     return term_at(schedule, model, x0, t, generator, decoder=decoder) / probs[t].to(x0) + prior_term(schedule, x0)
 
 
 def bits_per_dim(nats: torch.Tensor | float, num_dims: int) -> torch.Tensor:
-    """Convert a per-example negative log-likelihood (bound) in nats to bits per dimension."""
-    if num_dims < 1:
-        raise ValueError(f"num_dims must be >= 1, got {num_dims}")
-    return torch.as_tensor(nats) / (num_dims * math.log(2.0))
+    """Convert a per-example negative log-likelihood (bound) in nats to bits per dimension: nats / (D log 2).
+    ``num_dims`` D is an integer >= 1; NaN nats raise a ValueError (checked on CPU tensors and floats)."""
+    if isinstance(num_dims, bool) or not isinstance(num_dims, numbers.Integral) or num_dims < 1:
+        raise ValueError(f"num_dims must be an integer >= 1, got {num_dims!r}")
+    nats = torch.as_tensor(nats)
+    if nats.device.type == "cpu" and torch.isnan(nats).any():
+        raise ValueError("nats must not be NaN (a NaN bound is a failed computation, not a number of bits)")
+    return nats / (num_dims * math.log(2.0))

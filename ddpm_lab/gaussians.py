@@ -7,6 +7,7 @@ matters for the diffusion KLs: beta_tilde_t is ~1e-4 at small t and 0 at t = 1.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,13 @@ __all__ = ["log_normal", "normal_kl", "discretized_log_normal", "GaussianMixture
 _LOG_2PI = math.log(2.0 * math.pi)
 
 Tensorish = torch.Tensor | float
+
+
+def _check_count(n: int, name: str = "n") -> int:
+    """A number of draws: an integer >= 0 (0 gives an empty batch), else a ValueError naming it."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (the number of draws), got {n!r}")
+    return int(n)
 
 
 def _as_tensors(*xs: Tensorish) -> list[torch.Tensor]:
@@ -62,22 +70,26 @@ def discretized_log_normal(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Te
     Numerically stable in both tails: log-CDF differences are taken on the side of the Gaussian where the
     bin lies (log Phi(b) + log(1 - Phi(a) / Phi(b))), and a bin too narrow for that difference to resolve
     uses the midpoint rule, log pdf + log width, whose relative error (width / sd)^2 / 24 is then negligible.
-    Computed in float64 and returned in the dtype of ``x``: no NaN or -inf for finite inputs, also in float32.
+    Computed in float64 and returned in the dtype of ``x``: no NaN or -inf for finite inputs, also in float32;
+    NaN or infinite inputs raise a ValueError. An empty ``x`` gives an empty result.
     """
     x_, mean_, logvar_ = _as_tensors(x, mean, logvar)
     out_dtype = x_.dtype
     x_, mean_, logvar_ = (v.double() for v in (x_, mean_, logvar_))
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
-    if x_.numel() and (x_.min() < -1 or x_.max() > 1):
-        bad = x_[(x_ < -1) | (x_ > 1)].flatten()[0].item()
+    outside = ~((x_ >= -1) & (x_ <= 1))  # NaN is outside too
+    if outside.any():
+        bad = x_[outside].flatten()[0].item()
         raise ValueError(f"x must lie in [-1, 1] (data scaled from {{0..{bins - 1}}}), got {bad}")
-    if not torch.isfinite(logvar_).all():
-        raise ValueError("logvar must be finite (the decoder's scale must be positive)")
+    if not (torch.isfinite(mean_).all() & torch.isfinite(logvar_).all()):  # one host sync for both
+        if not torch.isfinite(logvar_).all():
+            raise ValueError("logvar must be finite (the decoder's scale must be positive)")
+        raise ValueError(f"mean must be finite, got {mean_[~torch.isfinite(mean_)].flatten()[0].item()}")
     # Snap x to its bin index k so that neighbouring bins share bit-identical edges (-1 + (2k +- 1) / (bins - 1));
     # x computed as k / 127.5 - 1 carries rounding that would otherwise open gaps between bins at tiny scales.
     k = torch.round((x_ + 1.0) * (bins - 1) / 2.0)
-    if (x_ - (2.0 * k / (bins - 1) - 1.0)).abs().max() > 1e-3 / (bins - 1):
+    if ((x_ - (2.0 * k / (bins - 1) - 1.0)).abs() > 1e-3 / (bins - 1)).any():
         raise ValueError(f"x must lie on the grid of {bins} levels -1 + 2k/{bins - 1} (data scaled from {{0..{bins - 1}}})")
     half = 1.0 / (bins - 1)
     inv_sd = torch.exp(-0.5 * logvar_)
@@ -103,7 +115,9 @@ def discretized_log_normal(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Te
 class GaussianMixture:
     """p(x) = sum_k w_k N(x; mu_k, Sigma_k) in R^d, with everything a diffusion model needs in closed form.
 
-    ``covs`` is (K, d, d), or (K, d) for diagonal covariances. All arithmetic is float64. The diffused
+    ``covs`` is (K, d, d) symmetric positive definite (symmetric to 64 ulps of its dtype; it is then symmetrized,
+    so the Cholesky factor and the posterior mean read the same matrix), or (K, d) for diagonal covariances.
+    Weights, means and covariances must be finite. All arithmetic is float64. The diffused
     marginal q(x_t) = integral q(x_t | x_0) p(x_0) dx_0 is again a mixture (:meth:`diffused`), so its
     score, the optimal denoiser E[x_0 | x_t] and the optimal noise prediction are exact too.
     """
@@ -116,11 +130,17 @@ class GaussianMixture:
     def __post_init__(self) -> None:
         w = torch.as_tensor(self.weights, dtype=torch.float64).flatten()
         mu = torch.as_tensor(self.means, dtype=torch.float64)
-        cov = torch.as_tensor(self.covs, dtype=torch.float64)
-        if mu.ndim != 2 or mu.shape[0] != w.shape[0]:
-            raise ValueError(f"means must be (K, d) with K={w.shape[0]} weights, got shape {tuple(mu.shape)}")
-        if (w <= 0).any() or abs(w.sum().item() - 1.0) > 1e-6:
+        cov_in = torch.as_tensor(self.covs)
+        ulp = torch.finfo(cov_in.dtype if cov_in.dtype.is_floating_point else torch.float64).eps
+        cov = cov_in.to(torch.float64)
+        if mu.ndim != 2 or mu.shape[0] != w.shape[0] or mu.shape[1] < 1:
+            raise ValueError(f"means must be (K, d) with K={w.shape[0]} weights and d >= 1, got shape {tuple(mu.shape)}")
+        if not torch.isfinite(w).all() or (w <= 0).any() or abs(w.sum().item() - 1.0) > 1e-6:
             raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        if not torch.isfinite(mu).all():
+            raise ValueError(f"means must be finite, got {mu.tolist()}")
+        if not torch.isfinite(cov).all():
+            raise ValueError("covs must be finite")
         w = w / w.sum()  # exact normalization (float32 inputs sum to 1 only to ~1e-7)
         K, d = mu.shape
         if cov.shape == (K, d):
@@ -129,6 +149,12 @@ class GaussianMixture:
             cov = torch.diag_embed(cov)
         if cov.shape != (K, d, d):
             raise ValueError(f"covs must be (K, d, d) or (K, d) = {(K, d, d)} or {(K, d)}, got {tuple(cov.shape)}")
+        asym = (cov - cov.mT).abs().amax((-2, -1))
+        bad = asym > 64 * ulp * cov.abs().amax((-2, -1))
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            raise ValueError(f"covs[{k}] is not symmetric (max |S - S^T| = {asym[k].item():.3g})")
+        cov = 0.5 * (cov + cov.mT)
         L, info = torch.linalg.cholesky_ex(cov)
         if (info != 0).any():
             k = int((info != 0).nonzero()[0])
@@ -175,7 +201,9 @@ class GaussianMixture:
         return -(self.responsibilities(x).unsqueeze(-1) * prec_diff).sum(-2)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws, shape (n, d): a component k ~ w, then mu_k + L_k eps."""
+        """n draws, shape (n, d): a component k ~ w, then mu_k + L_k eps. n = 0 gives an empty (0, d) tensor."""
+        if _check_count(n) == 0:
+            return torch.empty(0, self.d, dtype=torch.float64)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.d, 1, generator=generator, dtype=torch.float64)
         return self.means[k] + (self.chol[k] @ eps).squeeze(-1)

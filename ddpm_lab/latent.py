@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gaussians import log_normal
+from .gaussians import _check_count, log_normal
 
 __all__ = ["LinearGaussian", "gaussian_kl_full", "elbo", "elbo_samples", "elbo_grad_reparam", "elbo_grad_score"]
 
@@ -70,6 +70,7 @@ class LinearGaussian:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Ancestral sampling: z ~ p(z), then x ~ p(x | z). Returns (x, z) of shapes (n, d), (n, k)."""
+        n = _check_count(n)
         z = torch.randn(n, self.k, generator=generator, dtype=torch.float64)
         x = z @ self.W.T + self.b + self.sigma * torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return x, z
@@ -109,21 +110,43 @@ class LinearGaussian:
         return mean, cov
 
 
+def _cholesky(S: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S symmetrized, its Cholesky factor L), or a ValueError naming ``name`` unless S is finite, symmetric (to 64
+    ulps of its dtype) and positive definite: a covariance that is not would give a meaningless (even negative) KL."""
+    if not S.dtype.is_floating_point or not torch.isfinite(S).all():
+        raise ValueError(f"{name} must be a finite floating-point matrix, got {S.tolist()} ({S.dtype})")
+    if S.numel() and (S - S.mT).abs().max() > 64 * torch.finfo(S.dtype).eps * S.abs().max():
+        raise ValueError(f"{name} must be symmetric, got max |{name} - {name}^T| = {(S - S.mT).abs().max().item():.3g}")
+    S = 0.5 * (S + S.mT)
+    L, info = torch.linalg.cholesky_ex(S)
+    if info != 0:
+        raise ValueError(f"{name} must be positive definite, got smallest eigenvalue "
+                         f"{torch.linalg.eigvalsh(S).min().item():.3g}")
+    return S, L
+
+
 def gaussian_kl_full(m1: torch.Tensor, S1: torch.Tensor, m2: torch.Tensor, S2: torch.Tensor) -> torch.Tensor:
     """KL(N(m1, S1) || N(m2, S2)) for full covariances:
-    1/2 [tr(S2^{-1} S1) + (m2 - m1)^T S2^{-1} (m2 - m1) - k + log det S2 - log det S1]."""
+    1/2 [tr(S2^{-1} S1) + (m2 - m1)^T S2^{-1} (m2 - m1) - k + log det S2 - log det S1].
+
+    S1 and S2 must be symmetric positive definite (ValueError otherwise), so the result is >= 0 up to rounding;
+    the log-determinants are read off their Cholesky factors, log det S = 2 sum log diag L."""
     if m1.ndim != 1 or S1.ndim != 2:
         raise ValueError(f"one Gaussian per call: means of shape (k,), covariances (k, k); got {tuple(m1.shape)}, "
                          f"{tuple(S1.shape)}")
     if S1.shape != S2.shape or S1.shape[-1] != m1.shape[-1] or m1.shape != m2.shape:
         raise ValueError(f"shape mismatch: m1 {tuple(m1.shape)}, S1 {tuple(S1.shape)}, "
                          f"m2 {tuple(m2.shape)}, S2 {tuple(S2.shape)}")
+    if not (torch.isfinite(m1).all() and torch.isfinite(m2).all()):
+        raise ValueError(f"means must be finite, got m1 = {m1.tolist()}, m2 = {m2.tolist()}")
+    S1, L1 = _cholesky(S1, "S1")
+    S2, L2 = _cholesky(S2, "S2")
     k = m1.shape[-1]
-    L2 = torch.linalg.cholesky(S2)
     diff = (m2 - m1).unsqueeze(-1)
     maha = torch.cholesky_solve(diff, L2).squeeze(-1) @ (m2 - m1)
     trace = torch.trace(torch.cholesky_solve(S1, L2))
-    return 0.5 * (trace + maha - k + torch.logdet(S2) - torch.logdet(S1))
+    logdet1, logdet2 = (2.0 * torch.log(torch.diagonal(L)).sum() for L in (L1, L2))
+    return 0.5 * (trace + maha - k + logdet2 - logdet1)
 
 
 def _check_q(model: LinearGaussian, m: torch.Tensor, logvar: torch.Tensor) -> None:
@@ -158,6 +181,7 @@ def elbo_samples(model: LinearGaussian, x: torch.Tensor, m: torch.Tensor, logvar
     the reparameterized draws of Kingma & Welling (2014), Sec. 2.4. Their mean is unbiased for the ELBO,
     and they are differentiable in (m, logvar)."""
     _check_q(model, m, logvar)
+    n = _check_count(n)
     eps = torch.randn(n, model.k, generator=generator, dtype=torch.float64)
     z = m + torch.exp(0.5 * logvar) * eps
     log_q = log_normal(z, m, logvar).sum(-1)
@@ -169,6 +193,7 @@ def elbo_grad_reparam(model: LinearGaussian, x: torch.Tensor, m: torch.Tensor, l
     """n single-sample reparameterization-gradient estimates of d ELBO / d(m, logvar), shape (n, 2k):
     the gradient of log p(x, z) - log q(z) at z = m + exp(logvar / 2) eps, eps ~ N(0, I)."""
     _check_q(model, m, logvar)
+    n = _check_count(n)
     m_ = m.detach().clone().expand(n, -1).contiguous().requires_grad_(True)
     lv_ = logvar.detach().clone().expand(n, -1).contiguous().requires_grad_(True)
     eps = torch.randn(n, model.k, generator=generator, dtype=torch.float64)
@@ -184,6 +209,7 @@ def elbo_grad_score(model: LinearGaussian, x: torch.Tensor, m: torch.Tensor, log
     (log p(x, z) - log q(z)) * grad_{m, logvar} log q(z), z ~ q (Williams 1992; Ranganath et al. 2014).
     Unbiased because E_q[grad log q] = 0; no gradient of p is used."""
     _check_q(model, m, logvar)
+    n = _check_count(n)
     eps = torch.randn(n, model.k, generator=generator, dtype=torch.float64)
     v = torch.exp(logvar)
     z = m + v.sqrt() * eps

@@ -52,13 +52,33 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def _check_gaussian(mu: np.ndarray, sigma: np.ndarray, name: str) -> None:
+    """ValueError naming ``name`` unless mu is finite and sigma a finite, symmetric, positive semi-definite matrix,
+    both to half the digits of its dtype (sqrt(eps) relative to max |sigma|: rounding in a sample covariance is far
+    smaller, an actually indefinite matrix far larger)."""
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"mu{name} and sigma{name} must be finite (no NaN or inf)")
+    tol = math.sqrt(np.finfo(np.result_type(sigma, np.float32)).eps) * np.abs(sigma).max(initial=0.0)
+    asym = np.abs(sigma - sigma.T).max(initial=0.0)
+    if asym > tol:
+        raise ValueError(f"sigma{name} must be symmetric, got max |sigma - sigma^T| = {asym:.3g}")
+    lowest = np.linalg.eigvalsh(0.5 * (sigma + sigma.T)).min(initial=0.0)
+    if lowest < -tol:
+        raise ValueError(f"sigma{name} must be positive semi-definite (a covariance), got eigenvalue {lowest:.3g}")
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """The Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2) (Dowson & Landau 1982):
-    ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}); FID when the features are Inception's."""
+    ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}); FID when the features are Inception's.
+
+    The sigmas must be covariances (finite, symmetric, positive semi-definite: ValueError otherwise), so the
+    distance is >= 0; a rounding-level negative value (two equal Gaussians) is returned as 0."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     s1, s2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size) or mu1.ndim != 1:
         raise ValueError(f"shape mismatch: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
+    _check_gaussian(mu1, s1, "1")
+    _check_gaussian(mu2, s2, "2")
     with warnings.catch_warnings():  # a singular product (e.g. a set with itself) is handled below
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         covmean = linalg.sqrtm(s1 @ s2)
@@ -67,7 +87,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     covmean = np.real(covmean)
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)), 0.0)
 
 
 def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
@@ -193,8 +213,21 @@ def classifier_features(net: SmallCNN, images: np.ndarray, batch: int = 500) -> 
 # Memorization: nearest neighbours in the training set
 # ---------------------------------------------------------------------------------------------
 def nearest_neighbours(samples: np.ndarray, train: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """For each sample, the L2 distance (pixels scaled to [0, 1]) to its nearest training image, and its index."""
-    s = torch.from_numpy(samples.reshape(len(samples), -1)).float() / 255
+    """For each sample, the L2 distance (pixels scaled to [0, 1]) to its nearest training image, and its index.
+
+    ``samples`` (N, H, W, C) and ``train`` (M, H, W, C) are uint8 images of the same size; M >= 1 (N = 0 gives
+    empty arrays)."""
+    samples, train = np.asarray(samples), np.asarray(train)
+    if samples.dtype != np.uint8 or train.dtype != np.uint8:
+        raise ValueError(f"samples and train must be uint8 images, got {samples.dtype} and {train.dtype}")
+    if samples.ndim < 2 or samples.shape[1:] != train.shape[1:]:
+        raise ValueError(f"samples and train must be images of the same size, got shapes {samples.shape} and "
+                         f"{train.shape}")
+    if len(train) == 0:
+        raise ValueError(f"train is empty (shape {train.shape}): there is no nearest neighbour")
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    s = torch.from_numpy(samples.reshape(len(samples), math.prod(samples.shape[1:]))).float() / 255
     best_d = torch.full((len(s),), float("inf"))
     best_i = torch.zeros(len(s), dtype=torch.long)
     for start in range(0, len(train), chunk):

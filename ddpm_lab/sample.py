@@ -35,9 +35,12 @@ def load_model(ckpt: str | os.PathLike[str], device: str | torch.device = "cpu",
     """The U-Net (EMA weights by default, as the paper samples) and its schedule, from a trainer checkpoint."""
     state = read_checkpoint(ckpt)
     cfg = state["config"]
-    model = UNet(PRESETS[cfg["model"]])
-    model.load_state_dict(state["ema" if ema else "model"])
-    schedule = NoiseSchedule.linear(cfg["T"], cfg["beta_1"], cfg["beta_T"])
+    try:
+        model = UNet(PRESETS[cfg["model"]])
+        model.load_state_dict(state["ema" if ema else "model"])
+        schedule = NoiseSchedule.linear(cfg["T"], cfg["beta_1"], cfg["beta_T"])
+    except (KeyError, RuntimeError, TypeError) as exc:  # a missing field, or weights that do not fit the model
+        raise ValueError(f"{ckpt} does not hold a usable model: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), schedule
 
 
@@ -67,6 +70,13 @@ def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256
     d = dist or distributed.Dist()
     if method not in ("ancestral", "ddim"):
         raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
+    for name, value in (("n", n), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if method == "ddim":
+        if not (math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        ddim_timesteps(schedule.T, steps)  # checks 1 <= steps <= T before any work
     device = next(model.parameters()).device
     res, ch = model.cfg.resolution, model.cfg.in_ch
     eps_model = eps_model_of(model, bf16)
@@ -85,6 +95,10 @@ def sample_images(model: UNet, schedule: NoiseSchedule, n: int, batch: int = 256
             x0 = sample_ddim(schedule, eps_model, x_T, ddim_timesteps(schedule.T, steps), eta=eta, generator=g,
                              clip_x0=clip_x0)
         assert isinstance(x0, torch.Tensor)
+        if not torch.isfinite(x0).all():  # uint8 would turn NaN into black pixels without a word
+            bad = int((~torch.isfinite(x0.flatten(1))).any(1).sum())
+            raise ValueError(f"{bad} of {x0.shape[0]} samples in batch {k} are not finite (NaN or inf): "
+                             "check the checkpoint's weights and the sampler settings")
         mine[k] = to_uint8(x0.clamp(-1, 1)).permute(0, 2, 3, 1).cpu().numpy()
     batches = distributed.gather_batches(mine, d)
     return None if batches is None else np.concatenate(batches)
@@ -128,16 +142,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default=None, help="default: cuda if available (under torchrun: cuda:LOCAL_RANK)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    for name, value in (("--num-samples", args.n), ("--batch", args.batch), ("--steps", args.steps)):
+        if value < 1:
+            raise SystemExit(f"error: {name} must be >= 1, got {value}")
+    for out in (args.out, args.grid):  # before sampling, not after it
+        path = Path(out)
+        if path.is_dir():
+            raise SystemExit(f"error: {out} is a directory; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot create the folder for {out}: {exc.strerror or exc}") from None
+        if not os.access(path.parent, os.W_OK):
+            raise SystemExit(f"error: cannot write {out}: its folder is not writable")
     d, device = distributed.init(args.device)  # a no-op unless started by torchrun
     try:
-        try:
+        try:  # a bad checkpoint, bad settings or non-finite samples: a plain one-line message, not a traceback
             model, schedule = load_model(args.ckpt, device, ema=not args.raw)
-        except (ValueError, FileNotFoundError) as exc:  # a plain one-line message, not a traceback
+            images = sample_images(model, schedule, args.n, args.batch, args.method, args.steps, args.eta, args.seed,
+                                   progress=not args.no_progress, dist=d)
+        except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"error: {exc}") from None
-        images = sample_images(model, schedule, args.n, args.batch, args.method, args.steps, args.eta, args.seed,
-                               progress=not args.no_progress, dist=d)
         if images is not None:  # rank 0
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(args.out, images=images)
             save_png(image_grid(images[:64]), args.grid, scale=2)
             print(f"{len(images)} samples from {d.world} process(es) -> {args.out}, grid -> {args.grid}")

@@ -11,6 +11,7 @@ computed once, in float64, and read through :func:`extract`, which casts it to t
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
@@ -19,13 +20,25 @@ import torch
 __all__ = ["linear_betas", "cosine_betas", "NoiseSchedule", "extract", "check_t"]
 
 
+def _check_T(T: int) -> int:
+    """``T`` as an int, or a ValueError naming it unless it is an integer >= 1."""
+    try:
+        if isinstance(T, bool):
+            raise TypeError
+        T = operator.index(T)
+    except TypeError:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}") from None
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    return T
+
+
 def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
     """Linearly increasing variances beta_1..beta_T, Ho et al. (2020), Sec. 4 (1e-4 to 0.02, T = 1000).
 
     The T values, in order, as :class:`NoiseSchedule` takes them (element i is beta_{i+1}); read them by
     the paper's t from a schedule: ``NoiseSchedule(linear_betas(T)).betas[t]``."""
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    T = _check_T(T)
     if not 0.0 < beta_1 <= beta_T < 1.0:
         raise ValueError(f"need 0 < beta_1 <= beta_T < 1, got beta_1={beta_1}, beta_T={beta_T}")
     return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
@@ -35,15 +48,25 @@ def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> to
     """Cosine schedule of Nichol & Dhariwal (2021), Eq. 17:
     alpha_bar(t) = f(t) / f(0), f(t) = cos(((t / T) + s) / (1 + s) * pi / 2)^2,
     beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at ``max_beta`` (their Sec. 3.2).
-    The T values beta_1..beta_T, as :class:`NoiseSchedule` takes them."""
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    The T values beta_1..beta_T, as :class:`NoiseSchedule` takes them.
+
+    The offset s must be finite and >= 0: s < 0 makes f increase near t = 0 (negative betas). s = 0 is valid
+    (beta_1 = sin^2(pi / 2T), ~2.5e-6 at T = 1000: the tiny first step that s = 0.008 was chosen to avoid)."""
+    T = _check_T(T)
     if not 0.0 < max_beta < 1.0:
         raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
+    if not (math.isfinite(s) and s >= 0.0):
+        raise ValueError(f"s must be finite and >= 0 (Nichol & Dhariwal use 0.008), got {s}")
     steps = torch.arange(T + 1, dtype=torch.float64) / T
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     alpha_bar = f / f[0]
-    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+    bad = ~(betas > 0)  # rounding: with a huge s (or T) neighbouring f(t) can be equal, giving beta_t = 0
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"cosine_betas(T={T}, s={s}) gives beta_{i + 1} = {betas[i].item()}, not in (0, {max_beta}]: "
+                         f"f(t) does not decrease in float64 there; use a smaller s or T")
+    return betas
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +113,13 @@ class NoiseSchedule:
             i = int(bad.nonzero()[0])
             raise ValueError(f"betas must lie in (0, 1), got beta_{i + 1} = {betas[i].item()}")
         T = betas.numel()
+        log_alpha_bar_T = torch.log1p(-betas).sum().item()
+        if log_alpha_bar_T < math.log(torch.finfo(torch.float64).tiny):
+            # alpha_bar_T below the smallest normal float64 (0 at T = 100,000 with the paper's betas): sqrt(alpha_bar_T)
+            # is 0 or imprecise, and x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (DDIM) is inf/NaN.
+            raise ValueError(f"log alpha_bar_T = {log_alpha_bar_T:.6g} with T = {T}: alpha_bar_T underflows float64 "
+                             f"(needs log alpha_bar_T >= {math.log(torch.finfo(torch.float64).tiny):.1f}); use fewer "
+                             "steps or smaller betas (the paper's T = 1000 schedule has log alpha_bar_T = -10.1)")
         nan = torch.full((1,), math.nan, dtype=torch.float64)
         zero = torch.zeros(1, dtype=torch.float64)
         # alpha_bar_t = prod_s (1 - beta_s) = exp(sum_s log1p(-beta_s)). 1 - alpha_bar_t is taken as

@@ -7,6 +7,7 @@ optimal denoiser) through :class:`~ddpm_lab.gaussians.GaussianMixture`, the othe
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .diffusion import eps_from_mu, mu_tilde_from_eps, q_sample
 from .elbo import term_at
-from .gaussians import GaussianMixture
+from .gaussians import GaussianMixture, _check_count
 from .schedules import NoiseSchedule, check_t
 
 __all__ = ["mixture", "two_moons", "spiral", "sinusoidal_embedding", "MLPDenoiser", "TrainConfig", "train",
@@ -40,6 +41,7 @@ def mixture(k: int = 6, radius: float = 1.0, std: float = 0.12) -> GaussianMixtu
 
 def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.08) -> torch.Tensor:
     """The two interleaving half circles, centred and scaled to about [-1, 1]^2, with Gaussian jitter."""
+    n = _check_count(n)
     u = torch.rand(n, generator=generator, dtype=torch.float64) * math.pi
     upper = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
     x = torch.where(upper, torch.cos(u), 1 - torch.cos(u))
@@ -50,6 +52,7 @@ def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0
 
 def spiral(n: int, generator: torch.Generator | None = None, noise: float = 0.04, turns: float = 1.5) -> torch.Tensor:
     """An Archimedean spiral r = theta / (2 pi turns) scaled into the unit disc, with Gaussian jitter."""
+    n = _check_count(n)
     s = torch.rand(n, generator=generator, dtype=torch.float64).sqrt()  # uniform along the area swept
     theta = s * 2 * math.pi * turns
     pts = torch.stack([s * torch.cos(theta), s * torch.sin(theta)], dim=1)
@@ -59,6 +62,17 @@ def spiral(n: int, generator: torch.Generator | None = None, noise: float = 0.04
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
+PARAMETERIZATIONS = ("eps", "mu")
+OBJECTIVES = ("simple", "vlb")
+VARIANCES = ("beta", "beta_tilde")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """An unknown string is an error, never a silent default."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
+
+
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """The Transformer position encoding applied to timesteps (Ho et al. 2020, Sec. 4; Vaswani et al. 2017):
     [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim / 2)), shape (B, dim)."""
@@ -98,6 +112,8 @@ def model_mean_logvar(schedule: NoiseSchedule, net: nn.Module, xt: torch.Tensor,
     """p_theta(x_{t-1} | x_t) = N(mean, exp(logvar)) from the network output, for elbo.term_at: an eps-predictor
     goes through Eq. 11, a mean-predictor is the mean; the variance is beta_t or beta_tilde_t (clipped log at
     t = 1, where beta_tilde_1 is 0). t in 1..T."""
+    _check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    _check_choice("variance", variance, VARIANCES)
     t = check_t(t, schedule.T)
     out = net(xt, t)
     mean = mu_tilde_from_eps(schedule, xt, out, t) if parameterization == "eps" else out
@@ -111,7 +127,8 @@ def model_mean_logvar(schedule: NoiseSchedule, net: nn.Module, xt: torch.Tensor,
 @dataclass
 class TrainConfig:
     """Everything a toy run depends on. ``objective``: "simple" is Eq. 14 (for a mean-predictor, the
-    unweighted ||mu_tilde - mu_theta||^2), "vlb" is the true bound T * L_t at uniform t (Eq. 5)."""
+    unweighted ||mu_tilde - mu_theta||^2), "vlb" is the true bound T * L_t at uniform t (Eq. 5).
+    ``steps`` and ``batch`` are integers >= 1, ``lr`` is finite and > 0; an unknown string is a ValueError."""
 
     steps: int = 3000
     batch: int = 256
@@ -122,6 +139,21 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     losses: list[float] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError naming the first bad field (:func:`train` checks again: the fields may have changed)."""
+        _check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("variance", self.variance, VARIANCES)
+        for name in ("steps", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, numbers.Real) and 0 < self.lr < math.inf):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
 
 
 def _loss(schedule: NoiseSchedule, net: nn.Module, x0: torch.Tensor, cfg: TrainConfig,
@@ -147,15 +179,17 @@ def train(net: nn.Module, data: Sampler, schedule: NoiseSchedule, cfg: TrainConf
 
     ``data(n, generator)`` returns n training points. Deterministic for a given ``cfg.seed`` on CPU. Losses
     are appended to ``cfg.losses`` (returned) so an interrupted run keeps its history."""
-    if cfg.parameterization not in ("eps", "mu") or cfg.objective not in ("simple", "vlb"):
-        raise ValueError(f"unknown parameterization/objective: {cfg.parameterization!r}, {cfg.objective!r}")
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     net.train()
     for _ in tqdm(range(cfg.steps), disable=not cfg.progress, desc="training", leave=False):
-        loss = _loss(schedule, net, data(cfg.batch, g), cfg, g)
+        x0 = data(cfg.batch, g)
+        if x0.shape[0] != cfg.batch:
+            raise ValueError(f"data({cfg.batch}, generator) returned shape {tuple(x0.shape)}, not {cfg.batch} points")
+        loss = _loss(schedule, net, x0, cfg, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,6 +202,8 @@ def train(net: nn.Module, data: Sampler, schedule: NoiseSchedule, cfg: TrainConf
 def eps_model_of(schedule: NoiseSchedule, net: nn.Module, parameterization: Literal["eps", "mu"] = "eps"
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The trained net as a noise predictor eps_theta(x_t, t) for the samplers (a mean-predictor is converted)."""
+    _check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+
     def eps_model(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             out = net(xt, t)

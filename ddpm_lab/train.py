@@ -10,8 +10,13 @@ loop (the loss is accumulated on the device and read every ``log_every`` steps).
 
 A run is a directory: ``config.json``, ``metrics.jsonl`` (one JSON line per log step), ``ckpt.pt`` (model, EMA,
 optimizer, scheduler, step, RNG states, config; written atomically every ``ckpt_every`` steps and at the end).
-``--resume`` continues from ``ckpt.pt`` exactly where it stopped. A checkpoint records its timestep convention
-(``"t_convention": "paper"``: the network was trained on the paper's t = 1..T); one without it is refused.
+``--resume`` continues from ``ckpt.pt`` exactly where it stopped, with the checkpoint's config (only ``--steps``,
+``--minutes``, ``--log-every``, ``--ckpt-every`` and ``--compile`` may change; any other conflicting flag is an
+error). Starting over a run directory that holds a checkpoint needs ``--overwrite``. Ctrl-C (SIGINT) or SIGTERM
+stops the run at the end of the current step and saves it, so a resumed run is bitwise the uninterrupted one; a
+second Ctrl-C aborts at once, keeping the last checkpoint. Checkpoints hold tensors and plain types only and load
+with ``weights_only=True``; each records its timestep convention (``"t_convention": "paper"``: the network was
+trained on the paper's t = 1..T), and one without it is refused.
 
 Several GPUs: ``torchrun --nproc_per_node N -m ddpm_lab.train ...`` (see ddpm_lab/distributed.py). ``--batch`` stays
 the global batch; each of the N processes takes a disjoint B/N slice of every step's batch, DistributedDataParallel
@@ -28,7 +33,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +47,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import DataNotFoundError, flip_lr, load_cifar10, to_model_space
+from .data import DataNotFoundError, balanced_indices, flip_lr, load_cifar10, to_model_space
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
 from .unet import PRESETS, UNet, count_parameters
 
-__all__ = ["TrainConfig", "PRESETS_TRAIN", "Trainer", "main", "read_checkpoint", "T_CONVENTION"]
+__all__ = ["TrainConfig", "PRESETS_TRAIN", "RESUME_MAY_CHANGE", "Trainer", "main", "read_checkpoint", "T_CONVENTION"]
 
 T_CONVENTION = "paper"  # the network's t input is the paper's timestep 1..T (stored in every checkpoint)
 
@@ -58,8 +65,8 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     except FileNotFoundError:
         raise
     except Exception as e:  # pickle.UnpicklingError and friends: anything that is not tensors and plain types
-        raise ValueError(f"{path} is not a ddpm_lab checkpoint that loads with weights_only=True: "
-                         f"{str(e).splitlines()[0]}") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} is not a ddpm_lab checkpoint that loads with weights_only=True: {why}") from None
     if not isinstance(ck, dict) or "config" not in ck:
         raise ValueError(f"{path} is not a ddpm_lab trainer checkpoint (no 'config')")
     convention = ck.get("t_convention")
@@ -88,10 +95,41 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 5000
     seed: int = 0
-    subset: int | None = None  # use only the first N training images (tests, CPU demos)
+    subset: int | None = None  # use at most N training images, class-balanced (tests, CPU demos)
     compile: bool = True
     bf16: bool = True
     channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject nonsense values with a ValueError that names the flag (every field is a CLI flag)."""
+        def bad(name: str, need: str) -> None:
+            raise ValueError(f"--{name.replace('_', '-')} must be {need}, got {getattr(self, name)!r}")
+
+        if self.model not in PRESETS:
+            bad("model", f"one of {sorted(PRESETS)}")
+        for name in ("T", "batch", "steps", "log_every", "ckpt_every"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            bad("warmup", "an integer >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            bad("seed", "an integer >= 0")
+        if self.subset is not None and (isinstance(self.subset, bool) or not isinstance(self.subset, int) or self.subset < 1):
+            bad("subset", "an integer >= 1 (or unset for all images)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "a finite number > 0")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            bad("grad_clip", "a finite number > 0 (the largest gradient norm)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            bad("ema_decay", "in [0, 1)")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            bad("minutes", "a number > 0 (leave it unset for no time limit)")
+        if not (0.0 < self.beta_1 <= self.beta_T < 1.0):
+            raise ValueError(f"need 0 < --beta-1 <= --beta-T < 1, got {self.beta_1!r} and {self.beta_T!r}")
+
+
+# Fields a resumed run may change: they decide how long and how verbosely it runs, not which steps it takes.
+RESUME_MAY_CHANGE = ("steps", "minutes", "log_every", "ckpt_every", "compile")
 
 
 PRESETS_TRAIN: dict[str, TrainConfig] = {
@@ -125,8 +163,13 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, images: np.ndarray, run_dir: str | os.PathLike[str],
                  device: str | torch.device | None = None, progress: bool = True,
-                 dist: distributed.Dist | None = None) -> None:
+                 dist: distributed.Dist | None = None, labels: np.ndarray | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
+        self.overwrite = overwrite  # allow run() to start over a run directory that holds a checkpoint
+        self.loaded = False  # set by load(): this trainer continues the run in run_dir
+        self.interrupted: str | None = None  # the signal's name when SIGINT/SIGTERM stopped run()
+        self._mid_step = False  # True while train_step() is changing the state
         self.dist = dist or distributed.Dist()
         self.local = distributed.shard(cfg.batch, self.dist)  # this rank's slice of every global batch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -141,8 +184,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.schedule = NoiseSchedule.linear(cfg.T, cfg.beta_1, cfg.beta_T).to(self.device)  # coefficients stay put
         # the data, as uint8 NCHW on the device: 50,000 CIFAR images are 150 MB
-        if cfg.subset is not None:
-            images = images[: cfg.subset]
+        if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {images.dtype} {tuple(images.shape)}")
+        if cfg.subset is not None and cfg.subset < len(images):  # class-balanced, not the first N (class-sorted data)
+            if labels is None:
+                raise ValueError(f"subset={cfg.subset} of {len(images)} images needs the labels to pick a class-balanced subset")
+            images = images[balanced_indices(np.asarray(labels), cfg.subset)]
         self.data = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(self.device)
         self.steps_per_epoch = self.data.shape[0] // cfg.batch  # the last partial batch of an epoch is dropped
         if self.steps_per_epoch == 0:
@@ -202,6 +249,7 @@ class Trainer:
         return F.mse_loss(pred.float(), eps)
 
     def train_step(self) -> torch.Tensor:
+        self._mid_step = True  # a checkpoint now would mix this step's draws with the old step number
         loss = self.loss(self.batch())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,6 +260,7 @@ class Trainer:
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - self.cfg.ema_decay)
         self.step += 1
         self.images_seen += self.cfg.batch
+        self._mid_step = False
         return loss.detach()
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -223,14 +272,27 @@ class Trainer:
                 "config": dataclasses.asdict(self.cfg), "t_convention": T_CONVENTION}
 
     def save(self) -> Path:
-        """Write ckpt.pt atomically (rank 0 only: every rank holds the same model, EMA and optimizer)."""
+        """Write ckpt.pt atomically (rank 0 only: every rank holds the same model, EMA and optimizer). Only at a
+        step boundary: the state of a half-done step cannot be resumed exactly."""
+        if self._mid_step:
+            raise RuntimeError("save() in the middle of a step: the state would not resume exactly")
         path = self.run_dir / "ckpt.pt"
         if self.dist.main:
-            _atomic_torch_save(self.state(), path)
+            try:
+                _atomic_torch_save(self.state(), path)
+            except OSError as exc:  # e.g. a full disk: the previous checkpoint is intact
+                raise OSError(f"could not write {path} ({exc.strerror or exc}); the previous checkpoint is intact") from exc
         return path
 
     def load(self, path: str | os.PathLike[str]) -> None:
+        """Continue the run saved in ``path``: its config must match this trainer's, apart from the fields in
+        RESUME_MAY_CHANGE (ValueError naming the field and both values otherwise)."""
         ck = read_checkpoint(path, map_location=self.device)
+        saved, mine = ck["config"], dataclasses.asdict(self.cfg)
+        for name, value in mine.items():
+            if name not in RESUME_MAY_CHANGE and saved.get(name) != value:
+                raise ValueError(f"{path} was trained with {name}={saved.get(name)!r}, this run has {name}={value!r}: "
+                                 "a resumed run keeps its config")
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt"])
@@ -242,12 +304,46 @@ class Trainer:
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         if self.dist.active:
             self._seed_dropout()
+        self.loaded = True
 
     # -- the loop ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Refuse to train over another run; on resume, drop log lines past the checkpoint's step."""
+        ckpt, log = self.run_dir / "ckpt.pt", self.run_dir / "metrics.jsonl"
+        if not self.loaded and ckpt.exists():
+            if not self.overwrite:
+                raise ValueError(f"{self.run_dir} already holds a run ({ckpt}): continue it with --resume, "
+                                 "or start over with --overwrite")
+            if self.dist.main:
+                ckpt.unlink()
+        if self.dist.main and log.exists():
+            if self.loaded:  # lines logged after the checkpoint were lost with the steps that made them
+                kept = [line for line in log.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= self.step]
+                log.write_text("".join(line + "\n" for line in kept))
+            else:
+                log.unlink()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGINT/SIGTERM: finish the current step, save, stop. A second one aborts at once."""
+        self.interrupted = signal.Signals(signum).name
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if self.dist.main:
+            tqdm.write(f"{self.interrupted}: stopping after step {self.step + 1 if self._mid_step else self.step} "
+                       "and saving (send it again to abort without saving)")
+
     def run(self) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (or ``cfg.minutes``), logging every ``log_every`` steps and saving every
+        ``ckpt_every`` steps and at the end. SIGINT/SIGTERM stop it at a step boundary, saved, with
+        ``self.interrupted`` set; an exception leaves the last checkpoint as it was."""
         cfg, main = self.cfg, self.dist.main
+        self._start()
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
         metrics = open(self.run_dir / "metrics.jsonl", "a") if main else None
         start = time.perf_counter()
         deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
@@ -260,7 +356,8 @@ class Trainer:
                 loss_sum += self.train_step()  # stays on the device: no host sync
                 window_steps += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                if log_now:
                     # the one sync per log interval: the loss averaged over ranks
                     mean_loss = distributed.all_mean(loss_sum / window_steps, self.dist).item()
                     now = time.perf_counter()
@@ -273,21 +370,25 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{last['img_per_s']:.0f}")
                     loss_sum.zero_()
                     window_start, window_steps = now, 0
-                    if distributed.any_true(now > deadline, self.device, self.dist):  # ranks stop together
+                    # ranks stop together: at the deadline, or when any of them was signalled
+                    if distributed.any_true(now > deadline or self.interrupted is not None, self.device, self.dist):
                         break
                 if self.step % cfg.ckpt_every == 0:
                     self.save()
-        finally:  # also on KeyboardInterrupt: nothing is lost
-            self.save()
+                if self.interrupted is not None and not self.dist.active:  # one process: stop at this step
+                    break
+            self.save()  # normal end, deadline or signal: at a step boundary
+        finally:  # an exception (not a signal) keeps the last checkpoint: a half-done step cannot be resumed
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             bar.close()
             if metrics is not None:
                 metrics.close()
         return last
 
 
-def load_images(args: argparse.Namespace) -> np.ndarray:
-    images, _ = load_cifar10("train", root=args.root, source=args.data, download_ok=args.download)
-    return images
+def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    return load_cifar10("train", root=args.root, source=args.data, download_ok=args.download)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,15 +444,40 @@ def train_flops_per_image(model: str) -> int:
     return int(counter.get_total_flops())
 
 
+def resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's config: the preset with the flags applied; on ``--resume``, the checkpoint's config, where a flag
+    outside RESUME_MAY_CHANGE that disagrees with it, or a ``--preset`` of another network, is an error naming
+    both values."""
+    if not args.resume:
+        return dataclasses.replace(PRESETS_TRAIN[args.preset or "cifar10"], **overrides)
+    ckpt = Path(args.run_dir) / "ckpt.pt"
+    if not ckpt.exists():
+        raise ValueError(f"--resume: no checkpoint at {ckpt}")
+    saved = read_checkpoint(ckpt)["config"]
+    wanted = dict(overrides)
+    if args.preset is not None and "model" not in wanted:  # an explicit preset must name the same network
+        wanted["model"] = PRESETS_TRAIN[args.preset].model
+    for name, value in wanted.items():
+        if name not in RESUME_MAY_CHANGE and saved.get(name) != value:
+            via = f"--{name.replace('_', '-')} {value}" if name in overrides else f"--preset {args.preset} (model={value!r})"
+            raise ValueError(f"{via} conflicts with the checkpoint's {name}={saved.get(name)!r}: a resumed run keeps "
+                             f"its config (only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may change)")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in saved.items() if k in fields},
+                          **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ddpm_lab.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", nargs="?", default="train", choices=["train", "benchmark"])
-    ap.add_argument("--preset", default="cifar10", choices=sorted(PRESETS_TRAIN))
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS_TRAIN), help="default: cifar10")
     ap.add_argument("--run-dir", default="runs/cifar10")
     ap.add_argument("--data", nargs="*", help="local CIFAR-10: the tarball, or folder / zip files of images")
     ap.add_argument("--root", help="data/cache directory (default $DDPM_LAB_DATA or ~/.cache/ddpm_lab)")
     ap.add_argument("--download", action="store_true", help="download the official tarball if it is missing")
-    ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt.pt")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt.pt, with its config")
+    group.add_argument("--overwrite", action="store_true", help="start over, deleting the run in RUN_DIR")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-progress", action="store_true")
     for f in dataclasses.fields(TrainConfig):  # every config field is a flag: --steps, --minutes, --batch, ...
@@ -366,35 +492,43 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
-    cfg = dataclasses.replace(PRESETS_TRAIN[args.preset], **overrides)
+    try:  # a bad flag or an unreadable checkpoint is one line, not a traceback
+        cfg = resolve_config(args, overrides)
+        if args.command == "benchmark" and args.bench_steps < 1:
+            raise ValueError(f"--bench-steps must be >= 1, got {args.bench_steps}")
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.command == "benchmark":
         print(json.dumps(benchmark(cfg, steps=args.bench_steps, device=args.device), indent=2))
         return
+    ckpt = Path(args.run_dir) / "ckpt.pt"
+    if ckpt.exists() and not (args.resume or args.overwrite):  # before the data loads: fail fast
+        raise SystemExit(f"error: {args.run_dir} already holds a run ({ckpt}): continue it with --resume, "
+                         "or start over with --overwrite")
     d, device = distributed.init(args.device)  # a no-op unless started by torchrun
     try:
-        images = load_images(args)
-    except DataNotFoundError as exc:  # a plain message, not a traceback from deep inside
-        raise SystemExit(f"error: {exc}") from None
-    try:
         try:
-            trainer = Trainer(cfg, images, args.run_dir, device=device, progress=not args.no_progress, dist=d)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        ckpt = Path(args.run_dir) / "ckpt.pt"
-        if args.resume:
-            if not ckpt.exists():
-                raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-            try:
+            images, labels = load_images(args)
+            trainer = Trainer(cfg, images, args.run_dir, device=device, progress=not args.no_progress, dist=d,
+                              labels=labels, overwrite=args.overwrite)
+            if args.resume:
                 trainer.load(ckpt)
-            except ValueError as exc:
-                raise SystemExit(f"error: {exc}") from None
+        except (DataNotFoundError, ValueError, OSError) as exc:  # a plain message, not a traceback from deep inside
+            raise SystemExit(f"error: {exc}") from None
         if d.main:
             where = f"{d.world} processes ({device.type})" if d.active else str(trainer.device)
             print(f"{count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
                   f"step {trainer.step} -> {cfg.steps}, global batch {cfg.batch}", flush=True)
-        last = trainer.run()
+        try:
+            last = trainer.run()
+        except OSError as exc:  # e.g. a full disk while saving
+            raise SystemExit(f"error: {exc}") from None
         if d.main:
             print(json.dumps(last))
+        if trainer.interrupted is not None:
+            if d.main:
+                print(f"{trainer.interrupted} at step {trainer.step}: saved {ckpt}; continue with --resume", flush=True)
+            raise SystemExit(130 if trainer.interrupted == "SIGINT" else 143)
     finally:
         distributed.close(d)
 

@@ -40,6 +40,10 @@ PRESETS: dict[str, UNetConfig] = {
 }
 
 
+def _is_int(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
 def _zero(module: nn.Module) -> nn.Module:
     """Zero-initialise the last layer of a residual branch (the official model's init_scale=0): each block
     starts as the identity."""
@@ -155,9 +159,13 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.cfg.in_ch or x.shape[-1] != self.cfg.resolution:
-            raise ValueError(f"expected images (B, {self.cfg.in_ch}, {self.cfg.resolution}, {self.cfg.resolution}),"
-                             f" got {tuple(x.shape)}")
+        # Shapes and dtypes only (no host sync: this runs in every CUDA training step); t's range is the caller's.
+        c, r = self.cfg.in_ch, self.cfg.resolution
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, r, r) or not x.dtype.is_floating_point:
+            raise ValueError(f"expected images (B, {c}, {r}, {r}), floats in [-1, 1], got {tuple(x.shape)} {x.dtype}")
+        if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],) or not _is_int(t):
+            got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else repr(t)
+            raise ValueError(f"expected integer timesteps t of shape ({x.shape[0]},), one per image, got {got}")
         temb = self.temb(sinusoidal_embedding(t, self.cfg.ch).to(x.dtype))
         hs = [self.conv_in(x)]
         for blocks in self.down:
