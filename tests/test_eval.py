@@ -50,27 +50,6 @@ def test_inception_score_limits():
         M.inception_score(np.ones((3, 2)))
 
 
-def test_inception_needs_the_package_and_the_weights(tmp_path):
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path))
-    try:
-        with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
-            M.inception_weights()
-        with pytest.raises(FileNotFoundError, match="not found"):
-            M.inception_weights(tmp_path / "missing.pth")
-        fake = tmp_path / "fake.pth"
-        fake.write_bytes(b"not the weights")
-        with pytest.raises(OSError, match="SHA-256 mismatch"):
-            M.inception_weights(fake)
-    finally:
-        torch.hub.set_dir(old)
-    try:
-        import pytorch_fid  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="pytorch-fid"):
-            M.inception_features(fake_uint8(2))
-
-
 def test_bits_per_dim_is_stable_across_batch_sizes(monkeypatch):
     monkeypatch.setattr(M, "NOISE_BLOCK", 2)  # 7 images: blocks of 2, 2, 2, 1
     sched = NoiseSchedule.linear(T=4, beta_1=0.05, beta_T=0.5)
