@@ -194,7 +194,8 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
     on ``subsets`` random subsets of m = min(subset_size, N1, N2) features from each set (without replacement
     within a subset). Returns the mean, the standard deviation over subsets (the number usually quoted, as in
     their code and torch-fidelity), the standard error std / sqrt(subsets) (approximate: subsets share images),
-    and the counts. Unbiased: its expectation is 0 when both sets come from the same distribution."""
+    and the counts (when a subset would hold both whole sets there is one estimate and no spread: subsets = 1,
+    std and SE NaN). Unbiased: its expectation is 0 when both sets come from the same distribution."""
     f1, f2 = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(f"features must be (N1, D) and (N2, D), got {f1.shape} and {f2.shape}")
@@ -203,6 +204,8 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
     m = min(subset_size, len(f1), len(f2))
     if m < 2 or subsets < 1:
         raise ValueError(f"KID needs at least 2 features per set and subsets >= 1, got m={m}, subsets={subsets}")
+    if m == len(f1) == len(f2):  # every subset would be both whole sets: one estimate, no spread to report
+        subsets = 1
     d = f1.shape[1]
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)

@@ -323,13 +323,14 @@ def main(argv: list[str] | None = None) -> None:
                   "samples": args.samples, "ref": args.ref}
     except (ValueError, RuntimeError, OSError) as exc:  # one line, not a traceback
         raise SystemExit(f"error: {exc}") from None
-    if args.json:
-        print(json.dumps(result))
+    if args.json:  # NaN (no spread from a single KID estimate) as null: strict JSON
+        print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}))
     else:
         print(f"FID {result['fid']:.3f}  ({result['n1']} samples vs {result['n2']} reference images from "
               f"{args.ref}; FID is biased upward at small counts: compare numbers at equal counts only)")
-        print(f"KID {result['kid']:.5f} +- {result['kid_std']:.5f} (std over {result['subsets']} subsets of "
-              f"{result['subset_size']}; unbiased)")
+        spread = (f"+- {result['kid_std']:.5f} (std over {result['subsets']} subsets of {result['subset_size']})"
+                  if result["subsets"] > 1 else f"(one estimate on all {result['subset_size']} images per set)")
+        print(f"KID {result['kid']:.5f} {spread}; unbiased")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,8 @@ def test_kid_on_real_images_and_its_inputs(features):
     same = fid.kernel_inception_distance(features["a"], features["b"], subsets=20, subset_size=100)
     far = fid.kernel_inception_distance(features["a"], features["noise"], subsets=20, subset_size=100)
     assert abs(same["kid"]) < 5 * same["kid_std"] + 1e-3 and far["kid"] > 10 * abs(same["kid"])
+    whole = fid.kernel_inception_distance(features["a"], features["b"], subsets=50, subset_size=1000)
+    assert whole["subsets"] == 1 and whole["subset_size"] == 200 and math.isnan(whole["kid_std"])
     with pytest.raises(ValueError, match="at least 2 features"):
         fid.kernel_inception_distance(features["a"][:1], features["b"])
     with pytest.raises(ValueError, match="finite"):
@@ -170,7 +172,8 @@ def test_cli_prints_fid_and_kid_with_the_counts(tmp_path, features):
     out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
-    assert (r["n1"], r["n2"], r["subset_size"]) == (12, 12, 12) and math.isfinite(r["fid"]) and r["fid"] > 0
+    assert (r["n1"], r["n2"], r["subset_size"], r["subsets"]) == (12, 12, 12, 1) and math.isfinite(r["fid"])
+    assert r["fid"] > 0
     text = subprocess.run(cmd + ["-n", "10"], capture_output=True, text=True, timeout=300).stdout
     assert text.startswith("FID ") and "(10 samples vs 10 reference images" in text and "KID " in text
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing.npz"), "--ref", "test"], capture_output=True, text=True)
