@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
@@ -103,3 +104,40 @@ def test_wrong_package_commit_is_caught() -> None:
     parent = subprocess.run(["git", "rev-parse", f"{last}^"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     diff = subprocess.run(["git", "diff", "--quiet", parent, "HEAD", "--", *stamp_colab.PACKAGE_PATHS], cwd=ROOT)
     assert diff.returncode == 1
+
+
+CHECK_LINE = re.compile(r"\b(OK|FAILED)(\s+\([^\n]*\))?\s*$|fails as it must")
+
+
+def visible_check_lines(path: Path) -> list[str]:
+    """Check lines (a CheckResult's 'OK'/'FAILED' verdicts) in the stored output of a cell that the HTML book shows
+    unfolded: the book shows a check group as one 'Checked:' sentence, its comparisons one click away."""
+    nb = nbformat.read(path, as_version=4)
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = set(cell.metadata.get("tags", []))
+        if tags & {"hide-output", "remove-output", "remove-cell"}:
+            continue
+        text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        found += [f"cell {i}: {line.strip()}" for line in text.splitlines() if CHECK_LINE.search(line)]
+    return found
+
+
+def test_the_check_line_detector_sees_a_check(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(check)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="mean: 1 vs 1 (|gap| 0 <= tol 1, 5 SE) OK\n")]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    assert len(visible_check_lines(tmp_path / "x.ipynb")) == 1
+    cell.metadata["tags"] = ["hide-input", "hide-output"]
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    assert visible_check_lines(tmp_path / "x.ipynb") == []
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_no_check_line_is_shown_outside_a_fold(chapter: str) -> None:
+    lines = visible_check_lines(ROOT / f"{chapter}.ipynb")
+    assert not lines, f"{len(lines)} visible check lines; fold their cells (tags hide-input, hide-output): {lines[:5]}"
