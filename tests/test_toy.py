@@ -80,3 +80,67 @@ def test_algorithm_1_draws_the_papers_t_uniformly_from_1_to_T():
     t = torch.cat(seen)
     assert int(t.min()) == 1 and int(t.max()) == SCHED.T  # 10,240 draws: each of 100 values ~100 times
     assert torch.bincount(t, minlength=SCHED.T + 1)[0] == 0
+
+
+def _paper(T=100, beta_1=1e-3, beta_T=0.2):
+    """beta_t, alpha_bar_t and beta_tilde_t (t = 0..T) from the paper's formulas in plain floats."""
+    beta = [math.nan] + [beta_1 + (beta_T - beta_1) * (k - 1) / (T - 1) for k in range(1, T + 1)]
+    abar = [1.0]
+    for k in range(1, T + 1):
+        abar.append(abar[-1] * (1 - beta[k]))
+    bt = [math.nan, math.nan] + [(1 - abar[k - 1]) / (1 - abar[k]) * beta[k] for k in range(2, T + 1)]
+    return beta, abar, bt
+
+
+@pytest.mark.parametrize("par", ["eps", "mu"])
+@pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
+def test_model_mean_logvar_is_eq_11_and_the_stated_variance(par, variance):
+    beta, abar, bt = _paper()
+    net = MLPDenoiser(hidden=16, layers=2, seed=4)
+    xt = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in (1, 2, 37, 100):
+        tt = torch.full((6,), t)
+        with torch.no_grad():
+            out = net(xt, tt)
+        mean, logvar = model_mean_logvar(SCHED, net, xt, tt, par, variance)
+        want = (xt - beta[t] / math.sqrt(1 - abar[t]) * out) / math.sqrt(1 - beta[t]) if par == "eps" else out
+        assert torch.allclose(mean, want, rtol=1e-12, atol=1e-12), (t, par)
+        var = beta[t] if variance == "beta" else bt[max(t, 2)]  # beta_tilde_1 = 0 is clipped to beta_tilde_2
+        assert torch.allclose(logvar, torch.full_like(xt, math.log(var)), rtol=1e-12, atol=0), (t, variance)
+
+
+def test_eps_model_of_inverts_eq_11_for_a_mean_predictor_and_passes_an_eps_predictor_through():
+    beta, abar, _ = _paper()
+    net = MLPDenoiser(hidden=16, layers=2, seed=5)
+    xt = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for t in (1, 50, 100):
+        tt = torch.full((5,), t)
+        with torch.no_grad():
+            out = net(xt, tt)
+        want = (xt - math.sqrt(1 - beta[t]) * out) * math.sqrt(1 - abar[t]) / beta[t]
+        assert torch.allclose(eps_model_of(SCHED, net, "mu")(xt, tt), want, rtol=1e-10, atol=1e-10)
+        assert torch.equal(eps_model_of(SCHED, net, "eps")(xt, tt), out)
+
+
+@pytest.mark.parametrize("par", ["eps", "mu"])
+def test_the_training_target_is_eps_or_the_posterior_mean(par):
+    """L_simple's target (Algorithm 1): the drawn eps, or for a mean-predictor mu_tilde(x_t, x_0) of Eq. 7."""
+    from ddpm_lab.toy import _loss
+
+    beta, abar, _ = _paper()
+    net = MLPDenoiser(hidden=16, layers=2, seed=6)
+    x0 = two_moons(64, torch.Generator().manual_seed(2))
+    cfg = TrainConfig(parameterization=par, progress=False)
+    got = _loss(SCHED, net, x0, cfg, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, in the same order: t, then eps
+    t = torch.randint(1, SCHED.T + 1, (64,), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    a = torch.tensor([abar[k] for k in t.tolist()], dtype=torch.float64)[:, None]
+    b = torch.tensor([beta[k] for k in t.tolist()], dtype=torch.float64)[:, None]
+    ap = torch.tensor([abar[k - 1] for k in t.tolist()], dtype=torch.float64)[:, None]
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    mu_tilde = ap.sqrt() * b / (1 - a) * x0 + (1 - b).sqrt() * (1 - ap) / (1 - a) * xt  # Eq. 7
+    target = eps if par == "eps" else mu_tilde
+    with torch.no_grad():
+        want = ((net(xt, t) - target) ** 2).sum(1).mean()
+    assert torch.allclose(got.detach(), want, rtol=1e-10), (got, want)
