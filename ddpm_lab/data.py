@@ -32,13 +32,13 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import BinaryIO, Callable, Iterable, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "DataCorruptError", "DataNotFoundError", "balanced_indices",
+__all__ = ["CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "DataCorruptError", "DataNotFoundError", "atomic_write", "balanced_indices",
            "data_dir", "download", "file_digest", "load_cifar10", "read_tarball", "read_image_archive",
            "select_by_name", "to_model_space", "to_uint8", "flip_lr", "random_flip"]
 
@@ -416,19 +416,28 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, labels, names
 
 
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` by calling ``write(file)`` on a temporary file beside it, then rename it into place (atomic on
+    one file system): a crash or a full disk leaves the previous file intact and nothing under the final name.
+    Temporary files that a killed writer left behind are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphaned_parts(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_part_prefix(path), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, names: np.ndarray | None) -> None:
     """One file (so images, labels and names cannot disagree), written atomically; failing to write it only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_orphaned_parts(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_part_prefix(path), suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, labels=labels, names=np.asarray([] if names is None else names, dtype=str))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda f: np.savez(f, images=images, labels=labels,
+                                              names=np.asarray([] if names is None else names, dtype=str)))
     except OSError as exc:
         warnings.warn(f"could not write the CIFAR-10 cache {path} ({_brief(exc)}); the data will be decoded again "
                       f"next time", stacklevel=3)

@@ -30,7 +30,6 @@ import hashlib
 import importlib.metadata
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .data import atomic_write
 from .metrics import feature_stats, frechet_distance
 
 __all__ = ["FID_WHEEL", "NETWORK_SHA256", "inception_network_path", "load_inception", "resize_299", "as_nchw_uint8",
@@ -241,13 +241,5 @@ def cached_features(images: np.ndarray | torch.Tensor, cache_dir: str | os.PathL
         except (OSError, ValueError):
             pass  # a damaged cache file: recompute and replace it
     f = inception_features(x, device=device, batch=batch, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.save(out, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda out: np.save(out, f))
     return f

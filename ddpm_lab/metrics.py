@@ -298,10 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
-        for flag, value in (("--n", args.n), ("--batch", args.batch), ("--kid-subsets", args.kid_subsets),
-                            ("--kid-subset-size", args.kid_subset_size)):
-            if value is not None and value < (2 if flag in ("--n", "--kid-subset-size") else 1):
-                raise ValueError(f"{flag} must be >= {2 if flag in ('--n', '--kid-subset-size') else 1}, got {value}")
+        for flag, value, least in (("--n", args.n, 2), ("--batch", args.batch, 1), ("--kid-subsets", args.kid_subsets, 1),
+                                   ("--kid-subset-size", args.kid_subset_size, 2)):
+            if value is not None and value < least:
+                raise ValueError(f"{flag} must be >= {least}, got {value}")
         samples = _load_npz_images(args.samples)
         if args.ref in ("train", "test"):
             ref, labels = data.load_cifar10(args.ref, root=args.root, source=args.data, download_ok=args.download,

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import DataNotFoundError, balanced_indices, flip_lr, load_cifar10, to_model_space
+from .data import DataNotFoundError, atomic_write, balanced_indices, flip_lr, load_cifar10, to_model_space
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
 from .unet import PRESETS, UNet, count_parameters
@@ -140,15 +140,6 @@ PRESETS_TRAIN: dict[str, TrainConfig] = {
 }
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Trainer:
@@ -279,7 +270,7 @@ class Trainer:
         path = self.run_dir / "ckpt.pt"
         if self.dist.main:
             try:
-                _atomic_torch_save(self.state(), path)
+                atomic_write(path, lambda f: torch.save(self.state(), f))  # a crash keeps the last one
             except OSError as exc:  # e.g. a full disk: the previous checkpoint is intact
                 raise OSError(f"could not write {path} ({exc.strerror or exc}); the previous checkpoint is intact") from exc
         return path

@@ -283,7 +283,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     before = (tmp_path / "ckpt.pt").read_bytes()
 
     def full(obj, f, *a, **k):
-        Path(f).write_bytes(b"x" * 10)
+        f.write(b"x" * 10)  # a partial write, then the disk is full
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(TR.torch, "save", full)
     with pytest.raises(OSError, match=r"could not write .*ckpt.pt \(No space left on device\); the previous checkpoint is intact"):
