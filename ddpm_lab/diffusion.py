@@ -41,6 +41,7 @@ __all__ = [
     "p_mean_variance",
     "p_sample_step",
     "sample_ancestral",
+    "sample_ancestral_from",
     "ddim_timesteps",
     "ddim_sigma",
     "ddim_step",
@@ -312,9 +313,40 @@ def sample_ancestral(schedule: NoiseSchedule, eps_model: EpsModel, shape: tuple[
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     x = torch.randn(shape, generator=generator, dtype=dtype) if x_T is None else x_T
     _data(x_T=x)
+    return sample_ancestral_from(schedule, eps_model, x, schedule.T, variance, generator, record, progress, clip_x0)
+
+
+@torch.no_grad()
+def sample_ancestral_from(schedule: NoiseSchedule, eps_model: EpsModel, x_t: torch.Tensor, t: int,
+                          variance: Variance = "beta", generator: torch.Generator | None = None,
+                          record: bool = False, progress: bool = False, clip_x0: bool = False
+                          ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Algorithm 2's reverse steps from a given x_t at step t (1..T) down to x_0: for s = t, ..., 1 a reverse step
+    (:func:`p_sample_step`; no noise at s = 1). Returns x_0, or (x_0, trajectory) with ``record=True`` where
+    trajectory[i] is the paper's x_{t-i} (trajectory[0] = x_t, trajectory[-1] = x_0). Started at t = T from
+    x_T ~ N(0, I) it is :func:`sample_ancestral` (same generator, same draws).
+
+    This is the decoder of Ho et al. (2020), Sec. 4.4 (Fig. 8): encode x_0 stochastically with q(x_t | x_0) at an
+    intermediate t (500 of T = 1000), interpolate the latents, and decode with the reverse process from t."""
+    if isinstance(t, bool):
+        raise ValueError(f"t must be an integer timestep in [1, {schedule.T}], got {t!r}")
+    try:
+        t = operator.index(t)  # numpy and 0-d torch integers accepted
+    except TypeError:
+        raise ValueError(f"t must be an integer timestep in [1, {schedule.T}], got {t!r}") from None
+    if not 1 <= t <= schedule.T:
+        raise ValueError(f"t must be in [1, {schedule.T}], got {t}")
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
+    _data(x_t=x_t)
+    if x_t.ndim < 1:
+        raise ValueError(f"x_t must have a batch dimension, got shape {tuple(x_t.shape)}")
+    if not bool(torch.isfinite(x_t).all()):
+        raise ValueError("x_t must be finite, got NaN or infinite entries")
+    x = x_t
     trajectory = [x] if record else []
-    for t in tqdm(range(schedule.T, 0, -1), disable=not progress, desc="sampling", leave=False):
-        x = p_sample_step(schedule, eps_model, x, t, variance, generator, clip_x0)
+    for s in tqdm(range(t, 0, -1), disable=not progress, desc="sampling", leave=False):
+        x = p_sample_step(schedule, eps_model, x, s, variance, generator, clip_x0)
         if record:
             trajectory.append(x)
     return (x, trajectory) if record else x

@@ -141,3 +141,24 @@ def test_the_check_line_detector_sees_a_check(tmp_path: Path) -> None:
 def test_no_check_line_is_shown_outside_a_fold(chapter: str) -> None:
     lines = visible_check_lines(ROOT / f"{chapter}.ipynb")
     assert not lines, f"{len(lines)} visible check lines; fold their cells (tags hide-input, hide-output): {lines[:5]}"
+
+
+import word_count  # noqa: E402
+
+NUMBERED = [c for c in CHAPTERS if re.match(r"book/\d\d_", c)]
+
+
+@pytest.mark.parametrize("chapter", NUMBERED)
+def test_chapter_reads_as_a_lesson(chapter: str) -> None:
+    # about 2,500 words of main text (folds not counted) and at least 4 figures a reader sees without a click
+    stats = word_count.chapter_stats(ROOT / f"{chapter}.ipynb")
+    assert stats["words"] <= word_count.MAX_WORDS, f"{stats['words']} words of main text (at most {word_count.MAX_WORDS})"
+    assert stats["figures"] >= word_count.MIN_FIGURES, f"{stats['figures']} visible figures"
+
+
+def test_word_count_sees_folds() -> None:
+    md = ("One two three.\n\n```{prf:proof}\n:class: dropdown\nfour five six seven\n```\n\n"
+          ":::{dropdown} Aside\neight nine\n:::\n\n```{prf:theorem} Title\nten eleven\n```\n\n$$ a + b $$\n\n$x$ twelve")
+    seen, folded = word_count.visible_text(md)
+    assert word_count.count_words(seen) == 7  # One two three, ten eleven, $x$, twelve (a directive's title line is not counted)
+    assert word_count.count_words(folded) == 6

@@ -124,3 +124,42 @@ def test_algorithm_2_runs_t_from_T_down_to_1_and_adds_no_noise_at_t1():
     seen.clear()
     D.sample_ddim(SCHED, spy, xt, [1, 50, 200])
     assert seen == [200, 50, 1]
+
+
+def test_sampling_from_t_equal_T_is_sample_ancestral():
+    """sample_ancestral_from at t = T with the same x_T and generator state draws the same noise: the same x_0."""
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    a = D.sample_ancestral(SCHED, exact_eps, (64, 2), generator=torch.Generator().manual_seed(4), x_T=x_T)
+    b = D.sample_ancestral_from(SCHED, exact_eps, x_T, SCHED.T, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    c = D.sample_ancestral(SCHED, exact_eps, (64, 2), generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    d = D.sample_ancestral_from(SCHED, exact_eps, torch.randn(64, 2, generator=g, dtype=torch.float64), SCHED.T,
+                                generator=g)
+    assert torch.equal(c, d)
+
+
+@pytest.mark.parametrize("t", [0, -1, SCHED.T + 1, 2.5, True])
+def test_sampling_from_a_t_out_of_range_is_refused(t):
+    with pytest.raises(ValueError, match=rf"t must be .*\[1, {SCHED.T}\], got {t!r}"):
+        D.sample_ancestral_from(SCHED, exact_eps, torch.zeros(4, 2, dtype=torch.float64), t)
+
+
+def test_sampling_from_checks_its_input():
+    with pytest.raises(ValueError, match="x_t must be finite"):
+        D.sample_ancestral_from(SCHED, exact_eps, torch.tensor([[0.0, math.nan]], dtype=torch.float64), 5)
+    with pytest.raises(ValueError, match="x_t must be a floating-point tensor"):
+        D.sample_ancestral_from(SCHED, exact_eps, torch.zeros(4, 2, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="variance must be"):
+        D.sample_ancestral_from(SCHED, exact_eps, torch.zeros(4, 2, dtype=torch.float64), 5, variance="bogus")
+
+
+def test_sampling_from_an_intermediate_t_decodes_a_stochastic_encoding():
+    """Ho et al. Sec. 4.4: encode with q(x_t | x_0) at t = T/2, decode with Algorithm 2 from t: finite x_0 of the right
+    shape, every step recorded."""
+    g = torch.Generator().manual_seed(6)
+    t = SCHED.T // 2
+    x_t = D.q_sample(SCHED, GM.sample(32, g), t, generator=g)
+    x0, traj = D.sample_ancestral_from(SCHED, exact_eps, x_t, t, generator=g, record=True)
+    assert x0.shape == (32, 2) and torch.isfinite(x0).all()
+    assert len(traj) == t + 1 and torch.equal(traj[0], x_t) and torch.equal(traj[-1], x0)
