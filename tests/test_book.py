@@ -162,3 +162,17 @@ def test_word_count_sees_folds() -> None:
     seen, folded = word_count.visible_text(md)
     assert word_count.count_words(seen) == 7  # One two three, ten eleven, $x$, twelve (a directive's title line is not counted)
     assert word_count.count_words(folded) == 6
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_directives_open(chapter: str) -> None:
+    # "```{dropdown} A `name`" opens nothing (a backtick fence's title cannot hold a backtick): use ::: there
+    nb = nbformat.read(ROOT / f"{chapter}.ipynb", as_version=4)
+    bad = [line for cell in nb.cells if cell.cell_type == "markdown" for line in cell.source.splitlines()
+           if re.match(r"`{3,}\{[\w:-]+\}.*`", line)]
+    assert not bad, bad
+
+
+def test_word_count_ignores_a_fence_that_opens_nothing() -> None:
+    seen, folded = word_count.visible_text("```{dropdown} A `name`\none two\n```\n")
+    assert folded == "" and word_count.count_words(seen) >= 2

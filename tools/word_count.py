@@ -21,7 +21,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 MAX_WORDS = 2600  # "about 2,500 words" of main text per chapter
 MIN_FIGURES = 4
-_FENCE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w:-]+)\}[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$",
+# a backtick fence's info string cannot hold a backtick (CommonMark): such a line opens no directive
+_FENCE = re.compile(r"^(?P<fence>`{3,}(?=\{[^\n`]*$)|:{3,})\{(?P<name>[\w:-]+)\}[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$",
                     re.S | re.M)
 _HIDDEN_OUTPUT = {"hide-output", "remove-output", "hide-cell", "remove-cell"}
 
