@@ -21,7 +21,7 @@ from .gaussians import GaussianMixture, _check_count
 from .schedules import NoiseSchedule, check_t
 
 __all__ = ["mixture", "two_moons", "spiral", "sinusoidal_embedding", "MLPDenoiser", "TrainConfig", "train",
-           "model_mean_logvar", "eps_model_of"]
+           "model_mean_logvar", "eps_model_of", "sample_learned"]
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
@@ -64,7 +64,7 @@ def spiral(n: int, generator: torch.Generator | None = None, noise: float = 0.04
 # ---------------------------------------------------------------------------------------------
 PARAMETERIZATIONS = ("eps", "mu")
 OBJECTIVES = ("simple", "vlb")
-VARIANCES = ("beta", "beta_tilde")
+VARIANCES = ("beta", "beta_tilde", "learned")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -85,20 +85,24 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
 
 
 class MLPDenoiser(nn.Module):
-    """A small MLP f(x_t, t) for 2-D data: [x_t, embedding(t)] -> hidden layers (SiLU) -> 2 outputs.
+    """A small MLP f(x_t, t) for 2-D data: [x_t, embedding(t)] -> hidden layers (SiLU) -> ``dim`` outputs.
 
     What the output means (eps, the mean mu, ...) is decided by the loss it is trained with; the network
-    works in float32 and returns the caller's dtype."""
+    works in float32 and returns the caller's dtype. With ``learned_variance=True`` it returns 2 * dim numbers:
+    the mean head (eps or mu) and then the raw variance head, read by :func:`model_mean_logvar` with
+    ``variance="learned"``."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time_dim: int = 32, seed: int = 0) -> None:
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time_dim: int = 32, seed: int = 0,
+                 learned_variance: bool = False) -> None:
         super().__init__()
         self.time_dim = time_dim
+        self.learned_variance = bool(learned_variance)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on ``seed`` only
             torch.manual_seed(seed)
             blocks: list[nn.Module] = [nn.Linear(dim + time_dim, hidden), nn.SiLU()]
             for _ in range(layers - 1):
                 blocks += [nn.Linear(hidden, hidden), nn.SiLU()]
-            blocks.append(nn.Linear(hidden, dim))
+            blocks.append(nn.Linear(hidden, 2 * dim if learned_variance else dim))
             self.net = nn.Sequential(*blocks)
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -106,19 +110,63 @@ class MLPDenoiser(nn.Module):
         return self.net(h).to(xt.dtype)
 
 
+def _is_learned(net: nn.Module) -> bool:
+    return bool(getattr(net, "learned_variance", False))
+
+
+def learned_log_variance(schedule: NoiseSchedule, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """log sigma_t^2 = v log beta_t + (1 - v) log beta_tilde_t, the log-space interpolation of Nichol & Dhariwal
+    (2021, Eq. 15), with log beta_tilde_1 clipped to log beta_tilde_2 (beta_tilde_1 = 0). ``v`` has the shape of
+    x_t with a batch of t (t in 1..T). For v in [0, 1] the variance lies between beta_tilde_t and beta_t."""
+    t = check_t(t, schedule.T)
+    shape = (-1, *([1] * (v.ndim - 1)))
+    log_beta = torch.log(schedule.betas).to(v)[t].reshape(shape)
+    log_beta_tilde = schedule.posterior_log_variance_clipped.to(v)[t].reshape(shape)
+    return v * log_beta + (1 - v) * log_beta_tilde
+
+
 def model_mean_logvar(schedule: NoiseSchedule, net: nn.Module, xt: torch.Tensor, t: torch.Tensor,
-                      parameterization: Literal["eps", "mu"], variance: Literal["beta", "beta_tilde"]
+                      parameterization: Literal["eps", "mu"], variance: Literal["beta", "beta_tilde", "learned"]
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """p_theta(x_{t-1} | x_t) = N(mean, exp(logvar)) from the network output, for elbo.term_at: an eps-predictor
     goes through Eq. 11, a mean-predictor is the mean; the variance is beta_t or beta_tilde_t (clipped log at
-    t = 1, where beta_tilde_1 is 0). t in 1..T."""
+    t = 1, where beta_tilde_1 is 0), or, with ``variance="learned"``, learned per coordinate. t in 1..T.
+
+    Learned variance (a net built with ``learned_variance=True``, output [mean head, raw]): v = sigmoid(raw) and
+    log sigma^2 = v log beta_t + (1 - v) log beta_tilde_t (:func:`learned_log_variance`). This is Nichol &
+    Dhariwal's (2021) parameterization, not Ho et al.'s (2020, Table 2), who learned the diagonal Sigma directly;
+    the sigmoid keeps v in (0, 1), where Nichol & Dhariwal leave v unconstrained. The mean head of such a net
+    may also be used with a fixed variance."""
     _check_choice("parameterization", parameterization, PARAMETERIZATIONS)
     _check_choice("variance", variance, VARIANCES)
+    if variance == "learned" and not _is_learned(net):
+        raise ValueError("variance 'learned' needs a net with a variance head (MLPDenoiser(learned_variance=True))")
     t = check_t(t, schedule.T)
     out = net(xt, t)
+    if _is_learned(net):
+        out, raw = out.chunk(2, dim=-1)
     mean = mu_tilde_from_eps(schedule, xt, out, t) if parameterization == "eps" else out
+    if variance == "learned":
+        return mean, learned_log_variance(schedule, torch.sigmoid(raw), t)
     log_var = torch.log(schedule.betas) if variance == "beta" else schedule.posterior_log_variance_clipped
     return mean, log_var.to(xt)[t].reshape(-1, *([1] * (xt.ndim - 1))).expand_as(xt)
+
+
+@torch.no_grad()
+def sample_learned(schedule: NoiseSchedule, net: nn.Module, shape: tuple[int, ...],
+                   parameterization: Literal["eps", "mu"] = "eps",
+                   variance: Literal["beta", "beta_tilde", "learned"] = "learned",
+                   generator: torch.Generator | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+    """Ancestral sampling (Algorithm 2) from the reverse model of :func:`model_mean_logvar`, which may have a
+    learned variance: x_T ~ N(0, I), then x_{t-1} = mean + exp(logvar / 2) z for t = T..1, z = 0 at t = 1.
+    Draws the random numbers in the order of ``diffusion.sample_ancestral`` (x_T, then one z per step t > 1)."""
+    x = torch.randn(shape, generator=generator, dtype=torch.float64) if x_T is None else x_T
+    for t in range(schedule.T, 0, -1):
+        mean, logvar = model_mean_logvar(schedule, net, x, torch.full((x.shape[0],), t), parameterization, variance)
+        if t == 1:
+            return mean
+        x = mean + torch.exp(0.5 * logvar) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +176,7 @@ def model_mean_logvar(schedule: NoiseSchedule, net: nn.Module, xt: torch.Tensor,
 class TrainConfig:
     """Everything a toy run depends on. ``objective``: "simple" is Eq. 14 (for a mean-predictor, the
     unweighted ||mu_tilde - mu_theta||^2), "vlb" is the true bound T * L_t at uniform t (Eq. 5).
+    ``variance="learned"`` (a net with a variance head) needs ``objective="vlb"``: L_simple has no variance term.
     ``steps`` and ``batch`` are integers >= 1, ``lr`` is finite and > 0; an unknown string is a ValueError."""
 
     steps: int = 3000
@@ -135,7 +184,7 @@ class TrainConfig:
     lr: float = 1e-2  # 2e-3 left the MLP unable to resolve small t on the mixture (measured in chapter 8)
     parameterization: Literal["eps", "mu"] = "eps"
     objective: Literal["simple", "vlb"] = "simple"
-    variance: Literal["beta", "beta_tilde"] = "beta"
+    variance: Literal["beta", "beta_tilde", "learned"] = "beta"
     seed: int = 0
     progress: bool = True
     losses: list[float] = field(default_factory=list, repr=False)
@@ -148,6 +197,9 @@ class TrainConfig:
         _check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("variance", self.variance, VARIANCES)
+        if self.variance == "learned" and self.objective != "vlb":
+            raise ValueError(f"variance 'learned' is trained with objective 'vlb' (the true bound), "
+                             f"got objective {self.objective!r}")
         for name in ("steps", "batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -167,6 +219,8 @@ def _loss(schedule: NoiseSchedule, net: nn.Module, x0: torch.Tensor, cfg: TrainC
     eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
     xt = q_sample(schedule, x0, t, eps=eps)
     out = net(xt, t)
+    if _is_learned(net):  # L_simple trains the mean head only
+        out = out.chunk(2, dim=-1)[0]
     if cfg.parameterization == "eps":
         target = eps
     else:  # the posterior mean mu_tilde(x_t, x_0) written through the same eps (Eq. 10)
@@ -201,11 +255,14 @@ def train(net: nn.Module, data: Sampler, schedule: NoiseSchedule, cfg: TrainConf
 
 def eps_model_of(schedule: NoiseSchedule, net: nn.Module, parameterization: Literal["eps", "mu"] = "eps"
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The trained net as a noise predictor eps_theta(x_t, t) for the samplers (a mean-predictor is converted)."""
+    """The trained net as a noise predictor eps_theta(x_t, t) for the samplers (a mean-predictor is converted;
+    of a net with a variance head, the mean head)."""
     _check_choice("parameterization", parameterization, PARAMETERIZATIONS)
 
     def eps_model(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             out = net(xt, t)
+        if _is_learned(net):
+            out = out.chunk(2, dim=-1)[0]
         return out if parameterization == "eps" else eps_from_mu(schedule, xt, out, t)
     return eps_model

@@ -144,3 +144,86 @@ def test_the_training_target_is_eps_or_the_posterior_mean(par):
     with torch.no_grad():
         want = ((net(xt, t) - target) ** 2).sum(1).mean()
     assert torch.allclose(got.detach(), want, rtol=1e-10), (got, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned variance (Nichol & Dhariwal's log-space interpolation between beta_tilde_t and beta_t)
+# ---------------------------------------------------------------------------------------------
+def _learned_net(seed=7):
+    return MLPDenoiser(hidden=16, layers=2, seed=seed, learned_variance=True)
+
+
+def test_learned_variance_shapes_and_range():
+    net = _learned_net()
+    xt = 3 * torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in (1, 2, 50, 100):
+        tt = torch.full((50,), t)
+        assert net(xt, tt).shape == (50, 4)  # mean head and variance head
+        mean, logvar = model_mean_logvar(SCHED, net, xt, tt, "eps", "learned")
+        assert mean.shape == logvar.shape == (50, 2)
+        lo = SCHED.posterior_log_variance_clipped[t].item()
+        hi = math.log(SCHED.betas[t].item())
+        assert (logvar >= lo - 1e-12).all() and (logvar <= hi + 1e-12).all(), t
+        assert eps_model_of(SCHED, net)(xt, tt).shape == (50, 2)
+        m_fixed, lv_fixed = model_mean_logvar(SCHED, net, xt, tt, "eps", "beta")  # the mean head, fixed variance
+        assert torch.equal(m_fixed, mean) and torch.allclose(lv_fixed, torch.full_like(xt, hi))
+
+
+def test_learned_log_variance_is_the_interpolation_written_out():
+    """log sigma^2 = v log beta_t + (1 - v) log beta_tilde_t, v = sigmoid(raw), beta_tilde_1 clipped to beta_tilde_2."""
+    beta, abar, bt = _paper()
+    net = _learned_net(seed=8)
+    xt = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for t in (1, 2, 37, 100):
+        tt = torch.full((6,), t)
+        with torch.no_grad():
+            out = net(xt, tt)
+        mean, logvar = model_mean_logvar(SCHED, net, xt, tt, "eps", "learned")
+        v = 1 / (1 + torch.exp(-out[:, 2:]))
+        want = v * math.log(beta[t]) + (1 - v) * math.log(bt[max(t, 2)])
+        assert torch.allclose(logvar, want, rtol=1e-12, atol=1e-12), t
+        want_mean = (xt - beta[t] / math.sqrt(1 - abar[t]) * out[:, :2]) / math.sqrt(1 - beta[t])
+        assert torch.allclose(mean, want_mean, rtol=1e-12, atol=1e-12), t
+
+
+def test_learned_variance_bad_input_raises():
+    with pytest.raises(ValueError, match=r"variance 'learned'.*objective 'vlb'.*got objective 'simple'"):
+        TrainConfig(variance="learned", objective="simple")
+    with pytest.raises(ValueError, match="variance head"):
+        model_mean_logvar(SCHED, MLPDenoiser(hidden=8, layers=1), torch.zeros(2, 2, dtype=torch.float64),
+                          torch.tensor([1, 2]), "eps", "learned")
+    with pytest.raises(ValueError, match="variance head"):  # training a net without the head on "learned"
+        train(MLPDenoiser(hidden=8, layers=1), lambda n, g: two_moons(n, g), SCHED,
+              TrainConfig(steps=1, batch=8, objective="vlb", variance="learned", progress=False))
+    with pytest.raises(ValueError, match="unknown variance"):
+        TrainConfig(variance="fixed")
+
+
+def test_vlb_trained_learned_variance_has_a_finite_bound_and_samples():
+    from ddpm_lab.elbo import vlb_terms
+    from ddpm_lab.toy import sample_learned
+
+    data = lambda n, g: mixture().sample(n, g)  # noqa: E731
+    net = _learned_net()
+    cfg = train(net, data, SCHED, TrainConfig(steps=40, batch=128, objective="vlb", variance="learned",
+                                              progress=False, seed=2))
+    assert all(math.isfinite(v) for v in cfg.losses)
+    x0 = mixture().sample(200, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        L = vlb_terms(SCHED, lambda xt, t: model_mean_logvar(SCHED, net, xt, t, "eps", "learned"), x0,
+                      torch.Generator().manual_seed(5)).sum(1)
+    assert torch.isfinite(L).all()
+    xs = sample_learned(SCHED, net, (300, 2), generator=torch.Generator().manual_seed(6))
+    assert xs.shape == (300, 2) and torch.isfinite(xs).all()
+
+
+def test_sample_learned_with_a_fixed_variance_is_algorithm_2():
+    """With sigma_t^2 = beta_t or beta_tilde_t the loop is sample_ancestral's, on the same random numbers."""
+    from ddpm_lab.diffusion import sample_ancestral
+    from ddpm_lab.toy import sample_learned
+
+    net = _learned_net(seed=9)
+    for v in ("beta", "beta_tilde"):
+        a = sample_learned(SCHED, net, (64, 2), variance=v, generator=torch.Generator().manual_seed(1))
+        b = sample_ancestral(SCHED, eps_model_of(SCHED, net), (64, 2), v, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9), v

@@ -139,7 +139,7 @@ def test_toy_refuses_unknown_strings():
     net, xt, t = toy.MLPDenoiser(), torch.zeros(2, 2), torch.tensor([3, 4])
     with pytest.raises(ValueError, match=r"unknown parameterization 'x0'; choose one of \['eps', 'mu'\]"):
         toy.model_mean_logvar(SCHED, net, xt, t, "x0", "beta")
-    with pytest.raises(ValueError, match=r"unknown variance 'fixed'; choose one of \['beta', 'beta_tilde'\]"):
+    with pytest.raises(ValueError, match=r"unknown variance 'fixed'; choose one of \['beta', 'beta_tilde', 'learned'\]"):
         toy.model_mean_logvar(SCHED, net, xt, t, "eps", "fixed")
     with pytest.raises(ValueError, match="unknown parameterization 'x0'"):
         toy.eps_model_of(SCHED, net, "x0")
