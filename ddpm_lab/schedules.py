@@ -17,7 +17,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["linear_betas", "cosine_betas", "NoiseSchedule", "extract", "check_t"]
+__all__ = ["linear_betas", "cosine_betas", "NoiseSchedule", "extract", "check_t", "vp_beta", "vp_log_alpha_bar",
+           "vp_alpha_bar", "VP_BETA_MIN", "VP_BETA_MAX"]
 
 
 def _check_T(T: int) -> int:
@@ -232,3 +233,43 @@ def extract(coef: torch.Tensor, t: int | torch.Tensor, shape: Sequence[int]) -> 
         raise ValueError(f"t has {t_tensor.shape[0]} timesteps but the batch has {shape[0]} examples (shape {shape})")
     out = coef.to(device)[t_tensor.to(device)]
     return out.reshape((shape[0],) + (1,) * (len(shape) - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous time (Chapters 11 and 12): the VP SDE of Song et al. (2021), the limit of the linear schedule
+# ---------------------------------------------------------------------------------------------
+VP_BETA_MIN, VP_BETA_MAX = 0.1, 20.0  # = T beta_1 and T beta_T of Ho et al.'s schedule for T = 1000
+
+
+def _continuous_time(t: float | torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
+    if not (math.isfinite(beta_min) and math.isfinite(beta_max) and 0 < beta_min <= beta_max):
+        raise ValueError(f"need 0 < beta_min <= beta_max (finite), got beta_min={beta_min!r}, beta_max={beta_max!r}")
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if not t.is_floating_point():
+        t = t.double()
+    if t.device.type == "cpu" and not bool(((t >= 0) & (t <= 1)).all()):
+        bad = t[~((t >= 0) & (t <= 1))].flatten()[0].item()
+        raise ValueError(f"continuous time t must lie in [0, 1], got {bad!r}")
+    return t
+
+
+def vp_beta(t: float | torch.Tensor, beta_min: float = VP_BETA_MIN, beta_max: float = VP_BETA_MAX) -> torch.Tensor:
+    """beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1]: the diffusion rate of the VP SDE
+    dx = -beta(t) x dt / 2 + sqrt(beta(t)) dW (Song et al., 2021, Eq. 11). Ho et al.'s linear chain of T steps is its
+    discretization at t = i / T with beta_i = beta(i / T) / T."""
+    t = _continuous_time(t, beta_min, beta_max)
+    return beta_min + t * (beta_max - beta_min)
+
+
+def vp_log_alpha_bar(t: float | torch.Tensor, beta_min: float = VP_BETA_MIN, beta_max: float = VP_BETA_MAX
+                     ) -> torch.Tensor:
+    """log alpha_bar(t) = -int_0^t beta(u) du = -(beta_min t + (beta_max - beta_min) t^2 / 2), t in [0, 1]
+    (Song et al., 2021, Eq. 29: the VP SDE's marginal is N(sqrt(alpha_bar(t)) x_0, (1 - alpha_bar(t)) I))."""
+    t = _continuous_time(t, beta_min, beta_max)
+    return -(beta_min * t + 0.5 * (beta_max - beta_min) * t**2)
+
+
+def vp_alpha_bar(t: float | torch.Tensor, beta_min: float = VP_BETA_MIN, beta_max: float = VP_BETA_MAX
+                 ) -> torch.Tensor:
+    """alpha_bar(t) = exp(log alpha_bar(t)); 1 - alpha_bar(t) is best taken as ``-torch.expm1(vp_log_alpha_bar(t))``."""
+    return torch.exp(vp_log_alpha_bar(t, beta_min, beta_max))

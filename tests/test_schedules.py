@@ -181,3 +181,31 @@ def test_extract_rejects_mismatched_batch_and_bad_types():
         extract(s.betas, torch.zeros(2, 2, dtype=torch.long), (2,))
     with pytest.raises(ValueError, match="at least one dimension"):
         extract(s.betas, 1, ())
+
+
+def test_vp_sde_schedule_is_the_limit_of_the_linear_chain() -> None:
+    from ddpm_lab.schedules import vp_alpha_bar, vp_beta, vp_log_alpha_bar
+    # closed forms written out: beta(t) = 0.1 + 19.9 t, log alpha_bar(t) = -(0.1 t + 9.95 t^2)
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(vp_beta(t), torch.tensor([0.1, 5.075, 10.05, 20.0], dtype=torch.float64), rtol=1e-15)
+    assert torch.allclose(vp_log_alpha_bar(t), -(0.1 * t + 9.95 * t**2), rtol=1e-15)
+    # Ho et al.'s chain of T = 1000 steps: log alpha_bar_t = sum log(1 - beta_s) -> log alpha_bar(t / T), error O(1/T)
+    s = NoiseSchedule.linear()
+    gap = (s.log_alpha_bars[1:] - vp_log_alpha_bar(torch.arange(1, 1001) / 1000)).abs().max().item()
+    assert 1e-3 < gap < 0.1  # the chain is sum log(1 - beta) = -sum beta - sum beta^2 / 2 ...: close, not equal
+    assert vp_alpha_bar(1.0).item() == pytest.approx(math.exp(-10.05), rel=1e-14)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_vp_sde_schedule_refuses_time_outside_unit_interval(bad: float) -> None:
+    from ddpm_lab.schedules import vp_beta
+    with pytest.raises(ValueError, match="t must lie in"):
+        vp_beta(bad)
+
+
+def test_vp_sde_schedule_refuses_bad_rates() -> None:
+    from ddpm_lab.schedules import vp_alpha_bar
+    with pytest.raises(ValueError, match="beta_min"):
+        vp_alpha_bar(0.5, beta_min=0.0)
+    with pytest.raises(ValueError, match="beta_min"):
+        vp_alpha_bar(0.5, beta_min=2.0, beta_max=1.0)
