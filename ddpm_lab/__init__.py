@@ -2,7 +2,8 @@
 
 Modules: ``schedules`` (betas and every per-timestep coefficient), ``diffusion`` (forward process,
 posterior, parameterization conversions), ``gaussians`` (log-density, KL), ``checks`` (numerical
-checks with derived tolerances), ``plotting`` (figures and sliders).
+checks with derived tolerances), ``plotting`` (figures and sliders), ``sde`` and ``flows``
+(continuous time), and the rest listed in the README.
 """
 
 from .schedules import NoiseSchedule, extract
