@@ -28,6 +28,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 book: $(STAMP)
 	$(BIN)/python tools/fetch_assets.py
 	$(BIN)/python tools/book_config.py
+	rm -rf _build/html  # no stale page of a renamed chapter survives (check-book opens every page)
 	$(BIN)/jupyter-book build . --all --config _build/_config.yml --warningiserror --keep-going --quiet
 	@echo "book: open _build/html/index.html"
 
