@@ -37,6 +37,9 @@ PRESETS: dict[str, UNetConfig] = {
     "cifar10": UNetConfig(),
     "small": UNetConfig(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.1),
     "tiny": UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0, norm_groups=8),
+    # scikit-learn's 8x8 digits (ddpm_lab.digits): one channel, no attention but the 4x4 middle block's
+    "digits": UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, resolution=8,
+                         in_ch=1, norm_groups=8),
 }
 
 
