@@ -255,7 +255,7 @@ def test_tarball_and_archive_give_identical_images_for_the_same_names(tmp_path):
         idx = D.select_by_name(got_names, wanted)
         np.testing.assert_array_equal(images[idx], ref_x, err_msg=route)
         assert labels[idx].tolist() == y[[7, 0, 3]].tolist(), route
-        # chapter 13's rule: sort by class, then by file name; take evenly spaced positions
+        # chapter 14's rule: sort by class, then by file name; take evenly spaced positions
         order = np.lexsort((got_names, labels))
         pick = order[np.linspace(0, len(order) - 1, 5).round().astype(int)]
         np.testing.assert_array_equal(images[pick], routes["zip"][0][np.lexsort((routes["zip"][2], routes["zip"][1]))][
@@ -267,7 +267,7 @@ def test_tarball_and_archive_give_identical_images_for_the_same_names(tmp_path):
 def test_chapter_11_picks_its_images_by_name_from_either_source():
     import json
 
-    nb = json.loads((Path(__file__).parents[1] / "book" / "13_cifar10.ipynb").read_text())
+    nb = json.loads((Path(__file__).parents[1] / "book" / "14_cifar10.ipynb").read_text())
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "with_names=True" in code and "subset=N_DEMO" not in code
     for cell in nb["cells"]:  # no stored output depends on which source the images came from
