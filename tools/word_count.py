@@ -4,8 +4,9 @@
 
 *Main text* is the prose of the markdown cells a reader sees without a click. Not counted: display math
 (``$$...$$`` and ``{math}`` blocks; inline ``$...$`` counts as one word), HTML tags, markdown cells tagged
-``hide-cell``/``remove-cell``, and the bodies of folded directives (``dropdown``, ``toggle``, and any directive
-with a ``:class: dropdown`` option, such as a folded ``prf:proof``). *Figures* are PNG outputs of code cells
+``hide-cell``/``remove-cell``, the bodies of folded directives (``dropdown``, ``toggle``, and any directive
+with a ``:class: dropdown`` option, such as a folded ``prf:proof``), and the exercises (``exercise`` and
+``solution`` directives, counted with the folded words: they are the reader's work, not the lesson's prose). *Figures* are PNG outputs of code cells
 whose output is not hidden (``hide-output``, ``remove-output``, ``hide-cell`` or ``remove-cell``).
 ``tests/test_book.py`` holds every chapter to MAX_WORDS and MIN_FIGURES.
 """
@@ -27,8 +28,12 @@ _FENCE = re.compile(r"^(?P<fence>`{3,}(?=\{[^\n`]*$)|:{3,})\{(?P<name>[\w:-]+)\}
 _HIDDEN_OUTPUT = {"hide-output", "remove-output", "hide-cell", "remove-cell"}
 
 
+_EXERCISES = {"exercise", "solution"}
+
+
 def _folded(name: str, body: str) -> bool:
-    return name in {"dropdown", "toggle"} or re.search(r"^:class:[^\n]*\bdropdown\b", body, re.M) is not None
+    return (name in {"dropdown", "toggle"} | _EXERCISES
+            or re.search(r"^:class:[^\n]*\bdropdown\b", body, re.M) is not None)
 
 
 def visible_text(markdown: str) -> tuple[str, str]:
