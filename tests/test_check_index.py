@@ -189,3 +189,13 @@ def test_stated_targets_are_counted_apart() -> None:
     page = check_index.render([check_index.Chapter("x", "X", 1, rows)])
     assert "| 1. {doc}`x` | 2 | 1 | 1 | 1 |" in page
     assert "2 checks (1 against a stated target)" in page
+
+
+def test_every_grader_of_an_exercise_is_listed_with_its_docstring() -> None:
+    docs = check_index.grader_docs()
+    used = [name for _, names in check_index.graders_by_chapter() for name in names]
+    assert used, "no exercise-grade cell calls a grader"
+    page = check_index.generate()
+    for name in used:
+        assert docs.get(name), f"{name} is called by a chapter but has no docstring in ddpm_lab/graders.py"
+        assert f"`{name}`" in page

@@ -384,8 +384,52 @@ run `python tools/check_index.py` after re-executing a chapter.
 """
 
 
-def render(rows_by_chapter: list[Chapter]) -> str:
-    """The whole page as MyST markdown (deterministic, ending in one newline)."""
+GRADERS = ROOT / "ddpm_lab" / "graders.py"
+
+
+def grader_docs(path: Path = GRADERS) -> dict[str, str]:
+    """{grade_<what>: the first paragraph of its docstring} for every grader of ddpm_lab.graders (read, not imported)."""
+    if not path.exists():
+        return {}
+    docs = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("grade_"):
+            first_paragraph = (ast.get_docstring(node) or "").split("\n\n")[0]
+            docs[node.name] = " ".join(first_paragraph.split())
+    return docs
+
+
+def graders_by_chapter(toc: Path = TOC) -> list[tuple[str, list[str]]]:
+    """[(chapter stem, the graders its exercise-grade cells call, in order)] for chapters with exercises."""
+    out = []
+    for stem, _ in toc_chapters(toc):
+        nb = nbformat.read(BOOK / f"{stem}.ipynb", as_version=4)
+        names: list[str] = []
+        for cell in nb.cells:
+            if cell.cell_type == "code" and "exercise-grade" in cell.metadata.get("tags", []):
+                names += [n for n in re.findall(r"\b(grade_\w+)\(", cell.source) if n not in names]
+        if names:
+            out.append((stem, names))
+    return out
+
+
+def _render_graders(by_chapter: list[tuple[str, list[str]]], docs: dict[str, str]) -> list[str]:
+    if not by_chapter:
+        return []
+    out = ["## Graders of the exercises", "",
+           "Each code exercise is graded by a function of `ddpm_lab.graders` that runs the chapter's own checks on the "
+           "reader's function. The tests run every grader on the chapter's solution (it must pass) and on wrong "
+           "answers (they must fail).", "",
+           "| chapter | grader | what it checks |", "| --- | --- | --- |"]
+    for stem, names in by_chapter:
+        for name in names:
+            out.append(f"| {{doc}}`{stem}` | `{name}` | {escape(docs.get(name, ''))} |")
+    return out + [""]
+
+
+def render(rows_by_chapter: list[Chapter], graders: list[str] | None = None) -> str:
+    """The whole page as MyST markdown (deterministic, ending in one newline); ``graders`` are extra lines (the
+    graders' table) placed after the summary."""
     out = [INTRO, "## Summary", "",
            "| chapter | checks | of which against a stated target | wrong-formula demonstrations | bare asserts |",
            "| --- | ---: | ---: | ---: | ---: |"]
@@ -397,6 +441,7 @@ def render(rows_by_chapter: list[Chapter]) -> str:
         out.append(f"| {prefix}{{doc}}`{chapter.stem}` | " + " | ".join(map(str, counts)) + " |")
     out.append("| **all chapters** | " + " | ".join(f"**{n}**" for n in totals) + " |")
     out.append("")
+    out += graders or []
     for chapter in rows_by_chapter:
         checks, stated, failed, asserts = _counts(chapter.rows)
         of_which = f" ({stated} against a stated target)" if stated else ""
@@ -418,7 +463,7 @@ def render(rows_by_chapter: list[Chapter]) -> str:
 
 def generate() -> str:
     """The page that the current notebooks give."""
-    return render(read_book())
+    return render(read_book(), _render_graders(graders_by_chapter(), grader_docs()))
 
 
 def main(argv: list[str] | None = None) -> int:
