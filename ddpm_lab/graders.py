@@ -668,7 +668,7 @@ def grade_langevin_step(langevin_step: Callable[..., Any]) -> Grade:
     1. the stationary variance of eq-sde-langevin-bias, v(h) = s^2 / (1 - h / (4 s^2)): 100,000 chains on
        N(0, s^2) with s^2 = 0.5 and h = 0.2, run for a time 15 (75 steps; the start, drawn from N(0, s^2), is
        forgotten up to a factor e^{-15}), have a sample variance within 5 standard errors of v(h)
-       (mc_variance_check; it tells v(h) = 0.556 from the target s^2 = 0.5, 11 standard errors away);
+       (mc_variance_check; it tells v(h) = 0.556 from the target s^2 = 0.5, about 22 standard errors away);
     2. one step equals ``sde.langevin`` (one step, the same z) on 2-D points with the exact score of Chapter 11's
        mixture blurred to t = 0.15, h = 0.05 and 0.2, within 64 ulps of float64 of |x| + |h score / 2| + |sqrt(h) z|
        (a few roundings)."""
