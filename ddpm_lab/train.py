@@ -89,6 +89,8 @@ class TrainConfig:
     batch: int = 128
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # ramp the EMA decay: min(ema_decay, (1 + n) / (10 + n)) at update n (see ema_decay_at)
+    dropout: float | None = None  # the U-Net's dropout rate; None: the model preset's (0.1 for cifar10)
     flip: bool = True
     steps: int = 800_000
     minutes: float | None = None  # wall-clock budget; stops (and checkpoints) when exceeded
@@ -122,6 +124,8 @@ class TrainConfig:
             bad("grad_clip", "a finite number > 0 (the largest gradient norm)")
         if not 0.0 <= self.ema_decay < 1.0:
             bad("ema_decay", "in [0, 1)")
+        if self.dropout is not None and (isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0):
+            bad("dropout", "in [0, 1) (or unset for the model preset's)")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             bad("minutes", "a number > 0 (leave it unset for no time limit)")
         if not (0.0 < self.beta_1 <= self.beta_T < 1.0):
@@ -130,6 +134,12 @@ class TrainConfig:
 
 # Fields a resumed run may change: they decide how long and how verbosely it runs, not which steps it takes.
 RESUME_MAY_CHANGE = ("steps", "minutes", "log_every", "ckpt_every", "compile")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _saved_value(saved: dict[str, Any], name: str) -> Any:
+    """A field of a checkpoint's config; one written before the field existed ran with its default."""
+    return saved.get(name, _DEFAULTS.get(name))
 
 
 PRESETS_TRAIN: dict[str, TrainConfig] = {
@@ -155,7 +165,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, images: np.ndarray, run_dir: str | os.PathLike[str],
                  device: str | torch.device | None = None, progress: bool = True,
                  dist: distributed.Dist | None = None, labels: np.ndarray | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, fused: bool | None = None) -> None:
         self.cfg = cfg
         self.overwrite = overwrite  # allow run() to start over a run directory that holds a checkpoint
         self.loaded = False  # set by load(): this trainer continues the run in run_dir
@@ -186,11 +196,14 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.data.shape[0]} images are fewer than one batch of {cfg.batch}")
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-        self.model = UNet(PRESETS[cfg.model]).to(self.device)
+        unet_cfg = PRESETS[cfg.model] if cfg.dropout is None else dataclasses.replace(PRESETS[cfg.model], dropout=cfg.dropout)
+        self.model = UNet(unet_cfg).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.cuda)
+        # fused Adam (default on CUDA; ``fused=True`` also runs on a CPU): one kernel, and no host sync, where the
+        # unfused one reads each parameter's step count with .item()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.cuda if fused is None else fused)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # flips, t and eps (same on every rank)
         self.step = 0
@@ -248,11 +261,26 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         with torch.no_grad():  # EMA: ema <- decay * ema + (1 - decay) * model
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - self.cfg.ema_decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - self.ema_decay_at(self.step))
         self.step += 1
         self.images_seen += self.cfg.batch
         self._mid_step = False
         return loss.detach()
+
+    def ema_decay_at(self, n: int) -> float:
+        """The EMA decay of update n = 0, 1, 2, ... (a host int: no sync): ``cfg.ema_decay``, or with
+        ``cfg.ema_warmup`` the ramp rho_n = min(ema_decay, (1 + n) / (10 + n)) (TensorFlow's ExponentialMovingAverage
+        with num_updates).
+
+        Why: ema_n = rho_{n-1} ema_{n-1} + (1 - rho_{n-1}) theta_n starts at the random initial weights theta_0, and
+        unrolling it, ema_n = prod_{k<n} rho_k theta_0 + sum_k w_k theta_k: the initial weights keep the weight
+        prod_{k<n} rho_k. With a fixed rho = 0.9999 that is 0.9999^n, 13.5% after 20,000 steps and 8.2% after
+        25,000: a short run's EMA is still partly the random initialization. On the ramp the product telescopes,
+        prod_{k<m} (1 + k) / (10 + k) = 9! m! / (m + 9)! = 1 / C(m + 9, 9) (below 1e-3 after 5 updates), and past
+        the ramp (n > (10 rho - 1) / (1 - rho) = 89,990 for 0.9999) it shrinks by rho per update: the EMA forgets
+        its start at once and averages over the last ~n/9 steps, then over ~1 / (1 - rho) steps as before."""
+        rho = self.cfg.ema_decay
+        return min(rho, (1.0 + n) / (10.0 + n)) if self.cfg.ema_warmup else rho
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -281,8 +309,8 @@ class Trainer:
         ck = read_checkpoint(path, map_location=self.device)
         saved, mine = ck["config"], dataclasses.asdict(self.cfg)
         for name, value in mine.items():
-            if name not in RESUME_MAY_CHANGE and saved.get(name) != value:
-                raise ValueError(f"{path} was trained with {name}={saved.get(name)!r}, this run has {name}={value!r}: "
+            if name not in RESUME_MAY_CHANGE and _saved_value(saved, name) != value:
+                raise ValueError(f"{path} was trained with {name}={_saved_value(saved, name)!r}, this run has {name}={value!r}: "
                                  "a resumed run keeps its config")
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
@@ -449,9 +477,9 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Train
     if args.preset is not None and "model" not in wanted:  # an explicit preset must name the same network
         wanted["model"] = PRESETS_TRAIN[args.preset].model
     for name, value in wanted.items():
-        if name not in RESUME_MAY_CHANGE and saved.get(name) != value:
+        if name not in RESUME_MAY_CHANGE and _saved_value(saved, name) != value:
             via = f"--{name.replace('_', '-')} {value}" if name in overrides else f"--preset {args.preset} (model={value!r})"
-            raise ValueError(f"{via} conflicts with the checkpoint's {name}={saved.get(name)!r}: a resumed run keeps "
+            raise ValueError(f"{via} conflicts with the checkpoint's {name}={_saved_value(saved, name)!r}: a resumed run keeps "
                              f"its config (only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may change)")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{**{k: v for k, v in saved.items() if k in fields},
