@@ -52,7 +52,23 @@ from .diffusion import q_sample
 from .schedules import NoiseSchedule
 from .unet import PRESETS, UNet, count_parameters
 
-__all__ = ["TrainConfig", "PRESETS_TRAIN", "RESUME_MAY_CHANGE", "Trainer", "main", "read_checkpoint", "T_CONVENTION"]
+__all__ = ["TrainConfig", "PRESETS_TRAIN", "RESUME_MAY_CHANGE", "Trainer", "main", "read_checkpoint", "T_CONVENTION",
+           "process_start"]
+
+SAVE_BYTES_PER_S = 200e6  # a pessimistic disk, for the time of the final save before one has been measured
+
+
+def process_start() -> float:
+    """When this process started, on the ``time.perf_counter()`` clock (so a wall-clock budget also counts the
+    interpreter's start-up and the imports); now, where /proc cannot tell."""
+    now_perf = time.perf_counter()
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now_perf
+    return now_perf - min(max(age, 0.0), 3600.0)
 
 T_CONVENTION = "paper"  # the network's t input is the paper's timestep 1..T (stored in every checkpoint)
 
@@ -93,7 +109,7 @@ class TrainConfig:
     dropout: float | None = None  # the U-Net's dropout rate; None: the model preset's (0.1 for cifar10)
     flip: bool = True
     steps: int = 800_000
-    minutes: float | None = None  # wall-clock budget; stops (and checkpoints) when exceeded
+    minutes: float | None = None  # wall-clock budget of the whole call (CLI: from process start, final save included)
     log_every: int = 100
     ckpt_every: int = 5000
     seed: int = 0
@@ -208,6 +224,7 @@ class Trainer:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # flips, t and eps (same on every rank)
         self.step = 0
         self.images_seen = 0
+        self.save_s: float | None = None  # how long the last save took (for a wall-clock budget)
         net: torch.nn.Module = self.model
         if self.dist.active:  # broadcasts rank 0's weights, then averages gradients in backward()
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.cuda else None)
@@ -297,11 +314,20 @@ class Trainer:
             raise RuntimeError("save() in the middle of a step: the state would not resume exactly")
         path = self.run_dir / "ckpt.pt"
         if self.dist.main:
+            t0 = time.perf_counter()
             try:
                 atomic_write(path, lambda f: torch.save(self.state(), f))  # a crash keeps the last one
             except OSError as exc:  # e.g. a full disk: the previous checkpoint is intact
                 raise OSError(f"could not write {path} ({exc.strerror or exc}); the previous checkpoint is intact") from exc
+            self.save_s = time.perf_counter() - t0
         return path
+
+    def save_estimate_s(self) -> float:
+        """The time a save will take: the last one's, else the state's size at SAVE_BYTES_PER_S (model, EMA and
+        Adam's two moments: 4 float32 copies of the weights)."""
+        if self.save_s is not None:
+            return self.save_s
+        return 4 * 4 * sum(p.numel() for p in self.model.parameters()) / SAVE_BYTES_PER_S
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Continue the run saved in ``path``: its config must match this trainer's, apart from the fields in
@@ -351,10 +377,14 @@ class Trainer:
             tqdm.write(f"{self.interrupted}: stopping after step {self.step + 1 if self._mid_step else self.step} "
                        "and saving (send it again to abort without saving)")
 
-    def run(self) -> dict[str, Any]:
+    def run(self, deadline: float | None = None) -> dict[str, Any]:
         """Train to ``cfg.steps`` (or ``cfg.minutes``), logging every ``log_every`` steps and saving every
         ``ckpt_every`` steps and at the end. SIGINT/SIGTERM stop it at a step boundary, saved, with
-        ``self.interrupted`` set; an exception leaves the last checkpoint as it was."""
+        ``self.interrupted`` set; an exception leaves the last checkpoint as it was.
+
+        ``deadline`` (a ``time.perf_counter()`` time; default: ``cfg.minutes`` from now) is when the final save
+        must be done: the run stops at the last log boundary from which one more window of steps and a save
+        would still end before it (and does no step at all if a save alone would not)."""
         cfg, main = self.cfg, self.dist.main
         self._start()
         if main:
@@ -365,13 +395,18 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._on_signal)
         metrics = open(self.run_dir / "metrics.jsonl", "a") if main else None
         start = time.perf_counter()
-        deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
+        if deadline is None:
+            deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
         loss_sum = torch.zeros((), device=self.device)
         window_start, window_steps, last = time.perf_counter(), 0, {}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and main), desc="train", unit="step")
         self.model.train()
+        window_s = 0.0  # how long the last window of log_every steps took
         try:
             while self.step < cfg.steps:
+                if window_steps == 0 and distributed.any_true(
+                        time.perf_counter() + window_s + self.save_estimate_s() > deadline, self.device, self.dist):
+                    break  # the next window and the final save would overrun the budget
                 loss_sum += self.train_step()  # stays on the device: no host sync
                 window_steps += 1
                 bar.update(1)
@@ -388,9 +423,9 @@ class Trainer:
                         metrics.flush()
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{last['img_per_s']:.0f}")
                     loss_sum.zero_()
-                    window_start, window_steps = now, 0
-                    # ranks stop together: at the deadline, or when any of them was signalled
-                    if distributed.any_true(now > deadline or self.interrupted is not None, self.device, self.dist):
+                    window_s, window_start, window_steps = now - window_start, now, 0
+                    # ranks stop together when any of them was signalled (the budget is checked before a window)
+                    if distributed.any_true(self.interrupted is not None, self.device, self.dist):
                         break
                 if self.step % cfg.ckpt_every == 0:
                     self.save()
@@ -415,19 +450,25 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 def benchmark(cfg: TrainConfig, steps: int = 50, warmup_steps: int = 10, device: str | None = None) -> dict[str, Any]:
     """img/s and peak memory of (a) the trainer as configured and (b) fp32 eager (no compile, no bf16,
-    no channels_last, unfused Adam), on random uint8 data, plus model FLOPs per image and MFU on CUDA."""
+    no channels_last, unfused Adam, and on CUDA TF32 off for matmuls and convolutions: true float32, the
+    baseline the speedup is quoted against), on random uint8 data, plus model FLOPs per image and MFU on CUDA
+    (against the dense bf16 peak of an H100/H200, 989 TFLOP/s, and the ~790 TFLOP/s bf16 matmul measured on
+    the lent H200)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     images = np.random.default_rng(0).integers(0, 256, (max(cfg.batch * 4, 512), 32, 32, 3), dtype=np.uint8)
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                                "torch": torch.__version__, "batch": cfg.batch, "model": cfg.model}
     variants = {"trainer": cfg,
                 "fp32_eager": dataclasses.replace(cfg, compile=False, bf16=False, channels_last=False)}
+    tf32_saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     with tempfile.TemporaryDirectory() as tmp:
         for name, c in variants.items():
-            tr = Trainer(c, images, tmp, device=str(dev), progress=False)
+            tr = Trainer(c, images, tmp, device=str(dev), progress=False)  # on CUDA: allows TF32
             if name == "fp32_eager":  # the reference uses the plain (unfused) optimizer
                 tr.opt = torch.optim.Adam(tr.model.parameters(), lr=c.lr, fused=False)
                 tr.sched = torch.optim.lr_scheduler.LambdaLR(tr.opt, lambda s: 1.0)
+                if dev.type == "cuda":  # true float32 for the reference (CUDA-only switches)
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             for _ in range(warmup_steps):
                 tr.train_step()
             if dev.type == "cuda":
@@ -441,14 +482,22 @@ def benchmark(cfg: TrainConfig, steps: int = 50, warmup_steps: int = 10, device:
             dt = time.perf_counter() - t0
             results[name] = {"img_per_s": round(steps * c.batch / dt, 1),
                              "peak_mem_gb": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+                             if dev.type == "cuda" else None,
+                             "tf32": bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
                              if dev.type == "cuda" else None}
             del tr
+            if dev.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_saved
+    results["reference"] = ("fp32_eager: float32 eager, unfused Adam" +
+                            (", TF32 off (matmul and cuDNN)" if dev.type == "cuda" else " (CPU: no TF32)"))
     results["speedup"] = round(results["trainer"]["img_per_s"] / results["fp32_eager"]["img_per_s"], 2)
     results["params_m"] = round(count_parameters(UNet(PRESETS[cfg.model])) / 1e6, 2)
     results["train_flops_per_image"] = train_flops_per_image(cfg.model)
-    if dev.type == "cuda":  # against the H100 SXM's dense bf16 peak (989 TFLOP/s); state the peak used
-        peak = 989e12
-        results["mfu_vs_989TF"] = round(results["trainer"]["img_per_s"] * results["train_flops_per_image"] / peak, 3)
+    if dev.type == "cuda":  # against the dense bf16 peak of H100 SXM / H200 (989 TFLOP/s) and the measured matmul
+        achieved = results["trainer"]["img_per_s"] * results["train_flops_per_image"]
+        results["achieved_tflops"] = round(achieved / 1e12, 1)
+        results["mfu_vs_989TF"] = round(achieved / 989e12, 3)
+        results["mfu_vs_790TF_measured"] = round(achieved / 790e12, 3)
     return results
 
 
@@ -487,6 +536,7 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Train
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = process_start()  # --minutes budgets the whole call: start-up, data loading, training, final save
     ap = argparse.ArgumentParser(prog="python -m ddpm_lab.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", nargs="?", default="train", choices=["train", "benchmark"])
     ap.add_argument("--preset", default=None, choices=sorted(PRESETS_TRAIN), help="default: cifar10")
@@ -539,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
                   f"step {trainer.step} -> {cfg.steps}, global batch {cfg.batch}", flush=True)
         try:
-            last = trainer.run()
+            last = trainer.run(deadline=started + 60 * cfg.minutes if cfg.minutes else None)
         except OSError as exc:  # e.g. a full disk while saving
             raise SystemExit(f"error: {exc}") from None
         if d.main:

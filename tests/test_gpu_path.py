@@ -186,3 +186,28 @@ def test_the_unfused_cpu_adam_does_sync_so_the_counter_sees_syncs(tmp_path, monk
     tr.train_step()
     counter.active = False
     assert counter.total((schedules.check_t.__code__,)) >= len(list(tr.model.parameters()))
+
+
+# -- the wall-clock budget -----------------------------------------------------------------------
+def test_a_budget_already_spent_trains_no_step_but_saves(tmp_path):
+    tr = Trainer(dataclasses.replace(CFG, steps=1000, log_every=2), images(), tmp_path, device="cpu", progress=False)
+    tr.run(deadline=TR.time.perf_counter() - 1.0)
+    assert tr.step == 0 and (tmp_path / "ckpt.pt").exists() and tr.save_s is not None
+
+
+def test_the_run_ends_with_its_final_save_before_the_deadline(tmp_path):
+    tr = Trainer(dataclasses.replace(CFG, steps=10**6, log_every=2), images(), tmp_path, device="cpu",
+                 progress=False)
+    budget = 3.0
+    deadline = TR.time.perf_counter() + budget
+    tr.run(deadline=deadline)
+    end = TR.time.perf_counter()
+    assert tr.step >= 2 and tr.step % 2 == 0  # stopped at a log boundary, after some windows
+    assert end <= deadline + 0.5, f"overran the budget by {end - deadline:.2f} s"  # the slack: a window's jitter
+
+
+def test_minutes_counts_from_the_start_of_the_process():
+    start = TR.process_start()
+    now = TR.time.perf_counter()
+    assert start <= now and now - start < 3600
+    assert now - start > 0.05  # this process imported torch and ran pytest before getting here
