@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -211,3 +212,70 @@ def test_minutes_counts_from_the_start_of_the_process():
     now = TR.time.perf_counter()
     assert start <= now and now - start < 3600
     assert now - start > 0.05  # this process imported torch and ran pytest before getting here
+
+
+# -- tools/gpu_run.py: the runbook's stages, rehearsed end to end on a CPU ---------------------------
+def _gpu_run():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "gpu_run.py"
+    spec = importlib.util.spec_from_file_location("gpu_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_zip(path: Path, per_class: int = 4) -> None:
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from ddpm_lab.data import CLASSES
+
+    rng = np.random.default_rng(1)
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls in CLASSES:
+            for i in range(per_class):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+                zf.writestr(f"train/{cls}/{cls}_{i}.png", buf.getvalue())
+
+
+def test_gpu_run_cpu_rehearsal_end_to_end(tmp_path, capsys):
+    G = _gpu_run()
+    # stash two parts of a carried file, join them, verify the sha256 (and refuse a wrong one)
+    blob = np.random.default_rng(0).bytes(10_000)
+    whole = tmp_path / "net.pt"
+    whole.write_bytes(blob)
+    (tmp_path / "p-aa").write_bytes(blob[:6000])
+    (tmp_path / "p-ab").write_bytes(blob[6000:])
+    stash = tmp_path / "stash"
+    G.main(["stash", str(tmp_path / "p-aa"), str(tmp_path / "p-ab"), "--stash-dir", str(stash)])
+    digest = G.sha256(whole)
+    G.main(["join", str(stash / "p-aa"), str(stash / "p-ab"), "--output", str(stash / "net.pt"), "--sha256", digest])
+    assert (stash / "net.pt").read_bytes() == blob
+    with pytest.raises(SystemExit, match="sha256"):
+        G.main(["verify", str(stash / "net.pt"), "--sha256", "0" * 64])
+    # the run: decode, benchmark, train on a budget, sample with the EMA weights, evaluate (skipped: no network)
+    zpath = tmp_path / "train-0.zip"
+    _fake_zip(zpath)
+    out = tmp_path / "out"
+    argv = ["run", "--cpu-rehearsal", "--out", str(out), "--data", str(zpath), "--cache", str(tmp_path / "cache"),
+            "--run-dir", str(tmp_path / "run"), "--inception", str(tmp_path / "absent.pt"), "--batch", "8",
+            "--minutes", "5", "--ema-warmup"]
+    G.main(argv)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["steps"] == 8 and m["config"]["ema_warmup"] is True and m["data"]["images"] == 40
+    assert m["data"]["from_cache"] is False
+    assert m["benchmark"]["fp32_eager"]["img_per_s"] > 0
+    assert m["samples"]["n"] == 16 and m["samples"]["weights"] == "ema"
+    assert "absent.pt" in m["fid"]["skipped"]
+    for name in ("loss_curve.png", "samples_grid.png", "samples_0.npz"):
+        assert (out / name).stat().st_size > 0
+    with np.load(out / "samples_0.npz") as z:
+        assert z["images"].shape == (16, 32, 32, 3) and z["images"].dtype == np.uint8
+    assert "FID/KID skipped" in capsys.readouterr().out
+    # a second call reads the decoded cache instead of decoding the zip again
+    G.main(argv[:1] + ["--stages", "train"] + argv[1:])
+    assert json.loads((out / "metrics.json").read_text())["data"]["from_cache"] is True
