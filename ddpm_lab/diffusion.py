@@ -328,14 +328,10 @@ def sample_ancestral_from(schedule: NoiseSchedule, eps_model: EpsModel, x_t: tor
 
     This is the decoder of Ho et al. (2020), Sec. 4.4 (Fig. 8): encode x_0 stochastically with q(x_t | x_0) at an
     intermediate t (500 of T = 1000), interpolate the latents, and decode with the reverse process from t."""
-    if isinstance(t, bool):
-        raise ValueError(f"t must be an integer timestep in [1, {schedule.T}], got {t!r}")
-    try:
-        t = operator.index(t)  # numpy and 0-d torch integers accepted
-    except TypeError:
-        raise ValueError(f"t must be an integer timestep in [1, {schedule.T}], got {t!r}") from None
-    if not 1 <= t <= schedule.T:
-        raise ValueError(f"t must be in [1, {schedule.T}], got {t}")
+    t_checked = check_t(t, schedule.T)  # numpy and 0-d torch integers accepted
+    if t_checked.ndim != 0:
+        raise ValueError(f"t must be one timestep for the whole batch, got shape {tuple(t_checked.shape)}")
+    t = int(t_checked)
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
     _data(x_t=x_t)

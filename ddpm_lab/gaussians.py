@@ -208,6 +208,14 @@ class GaussianMixture:
         eps = torch.randn(n, self.d, 1, generator=generator, dtype=torch.float64)
         return self.means[k] + (self.chol[k] @ eps).squeeze(-1)
 
+    def scaled(self, a: float | torch.Tensor, s2: float | torch.Tensor) -> "GaussianMixture":
+        """The law of a x_0 + s eps for x_0 from this mixture and eps ~ N(0, I), s^2 = ``s2``: the mixture with the same
+        weights, means a mu_k and covariances a^2 Sigma_k + s^2 I (a sum of independent Gaussians within each
+        component). Any a, s: the VP marginal (a^2 + s^2 = 1, :meth:`diffused`), the straight path of Chapter 12,
+        and tensors a, s2 that require grad (then log_prob and score are differentiable in them)."""
+        eye = torch.eye(self.d, dtype=torch.float64)
+        return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s2 * eye)
+
     def diffused(self, schedule: "NoiseSchedule", t: int) -> "GaussianMixture":
         """The exact marginal q(x_t) = sum_k w_k N(sqrt(alpha_bar_t) mu_k, alpha_bar_t Sigma_k + (1 - alpha_bar_t) I)
         at timestep t in 0..T (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Ho et al. Eq. 4, with
@@ -217,8 +225,7 @@ class GaussianMixture:
         if (a, s2) not in cache:
             if len(cache) > 4096:
                 cache.clear()
-            eye = torch.eye(self.d, dtype=torch.float64)
-            cache[(a, s2)] = GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s2 * eye)
+            cache[(a, s2)] = self.scaled(a, s2)
         return cache[(a, s2)]
 
     def _coefs(self, schedule: "NoiseSchedule", t: int, first: int = 1) -> tuple[float, float]:

@@ -116,7 +116,6 @@ def verdict(exercise: str, body: Callable[[], Iterable[CheckResult]]) -> Grade:
 # ---------------------------------------------------------------------------------------------
 # The graders, by chapter (each: grade_<what it grades>(fn) -> Grade; docstring names the equation)
 # ---------------------------------------------------------------------------------------------
-_ = (math, np, checks)  # used by the graders below
 
 
 # --- 01_ink_in_water ---------------------------------------------------------------------------------

@@ -94,9 +94,7 @@ def vp_marginal(data: GaussianMixture, t: float | torch.Tensor, beta_min: float 
     a^2 Sigma_k + s^2 I with a = sqrt(alpha_bar(t)), s^2 = 1 - alpha_bar(t) (Song et al. 2021, Eq. 29). ``t`` may be a
     tensor that requires grad: the mixture's log_prob and score are then differentiable in t."""
     log_ab = vp_log_alpha_bar(t, beta_min, beta_max)
-    a, s2 = torch.exp(0.5 * log_ab), -torch.expm1(log_ab)
-    eye = torch.eye(data.d, dtype=torch.float64)
-    return GaussianMixture(data.weights, a * data.means, a**2 * data.covs + s2 * eye)
+    return data.scaled(torch.exp(0.5 * log_ab), -torch.expm1(log_ab))
 
 
 def ve_sigma(t: float | torch.Tensor, sigma_min: float = 0.01, sigma_max: float = 50.0) -> torch.Tensor:

@@ -183,7 +183,7 @@ def test_cli_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys:
 def test_stated_targets_are_counted_apart() -> None:
     def row(kind: str, tolerance: str) -> check_index.Row:
         return check_index.Row("x", 1, "s", [], kind, "what", tolerance, "OK", "")
-    rows = [row("check", "tol 0.25 (stated target: 1/4 of the trivial gap)"), row("check", "tol 0.1 (5 SE)"),
+    rows = [row("check", "tol 0.25 (stated target: 1/4 of the trivial gap)"), row("check", "tol 0.1 (5 SE; not a stated target)"),
             row("failed", "tol 0.1 (stated target)"), row("assert", "")]
     assert check_index._counts(rows) == (2, 1, 1, 1)
     page = check_index.render([check_index.Chapter("x", "X", 1, rows)])

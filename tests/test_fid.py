@@ -81,6 +81,17 @@ def test_layouts_agree_and_a_missing_or_wrong_network_is_named(monkeypatch):
         fid.inception_network_path()
 
 
+def test_a_carried_copy_of_the_network_is_checked_like_the_wheels(monkeypatch, tmp_path):
+    real = fid.inception_network_path()
+    monkeypatch.setenv(fid.NETWORK_ENV, str(real))  # a copy elsewhere: the same file passes
+    assert fid.inception_network_path() == real.resolve()
+    short = tmp_path / "default_1.pt"
+    short.write_bytes(b"not the network")
+    monkeypatch.setenv(fid.NETWORK_ENV, str(short))
+    with pytest.raises(OSError, match="missing or not"):
+        fid.inception_network_path()
+
+
 def real_test_images() -> tuple[np.ndarray, np.ndarray]:
     """The CIFAR-10 test set: the offline copy beside the project if present, else the data directory."""
     if SHARED_TEST.exists():

@@ -352,7 +352,8 @@ def _counts(rows: list[Row]) -> tuple[int, int, int, int]:
 
 
 def _stated(row: Row) -> bool:
-    return "stated target" in row.tolerance.lower()
+    # the tolerance column reads "tol <x> (<how>)" or "slack <x> (<how>)": the check's own `how` says so, not a note
+    return re.search(r"\((?:slack: )?stated target", row.tolerance) is not None
 
 
 def _plural(n: int, noun: str) -> str:
